@@ -1,0 +1,438 @@
+"""Merge-and-run layers: the skip mappings, residual branches and the K-stream block.
+
+Everything here uses ``keras.ops`` only, so the layers run on TensorFlow, JAX and PyTorch.
+All layers are channels-last and registered for serialization under the package ``dmr_keras``.
+
+The block computes, for K streams ``x_1..x_K`` (Zhao et al., arXiv 1611.07718)::
+
+    merge_and_run:  x_k <- relu( mean_j s_j(x_j) + H_k(x_k) ),   k = 1..K
+    identity:       x   <- relu( s(x) + H_1(x) + ... + H_K(x) )   (DILNet; K = 1 is ResNet)
+
+where ``s`` is the identity or, at a stage transition, a per-stream 1x1 projection.
+
+Form: each branch is its own pair of convolutions (not one grouped convolution). Measured on
+TensorFlow's CPU kernels, a grouped convolution (``groups=K``) of the same block trains several
+times slower than K separate convolutions; ``bench/block_forms.py`` prints the table. The weight
+layout is per branch (``branch{k}/conv{i}``), so any faster fused form can be computed from the
+same weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import keras
+from keras import ops
+
+_PACKAGE = "dmr_keras"
+MAPPINGS = ("merge_and_run", "identity", "resnet")
+BLOCK_TYPES = ("basic", "bottleneck")
+SHORTCUTS = ("auto", "projection", "identity", "none")
+OUTPUT_MODES = ("streams", "sum", "concat")
+
+# Reference code (zlmzju/fusenet): BatchNorm(momentum=0.99, eps=2e-5), He-normal conv init.
+BN_MOMENTUM = 0.99
+BN_EPSILON = 2e-5
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(
+            f"Unknown `{name}`: {value!r}. Valid values: {', '.join(repr(c) for c in choices)}"
+        )
+    return value
+
+
+def merge_and_run_matrix(num_streams: int, channels: int = 1) -> np.ndarray:
+    """The skip matrix ``M = (1/K) (1 1^T kron I_C)`` over K stacked streams of C channels.
+
+    ``M @ [x_1; ...; x_K]`` puts the average of the streams in every stream. M is idempotent.
+    """
+    k = _check_positive_int("num_streams", num_streams)
+    c = _check_positive_int("channels", channels)
+    return np.kron(np.ones((k, k)), np.eye(c)) / k
+
+
+def stream_mean(streams):
+    """Average of a list of equally shaped tensors (the 'merge' of merge-and-run)."""
+    if len(streams) == 1:
+        return streams[0]
+    total = streams[0]
+    for s in streams[1:]:
+        total = ops.add(total, s)
+    return ops.multiply(total, ops.cast(1.0 / len(streams), total.dtype))
+
+
+def _as_list(inputs):
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MergeAndRun(keras.layers.Layer):
+    """The merge-and-run skip mapping on K streams, with no branches.
+
+    Takes a list of K tensors of the same shape and returns K tensors, each the average of the
+    inputs: ``M x`` with ``M = merge_and_run_matrix(K, C)``. Applying it twice equals applying
+    it once.
+
+    Example:
+    >>> a, b = keras.ops.ones((1, 2, 2, 3)), keras.ops.zeros((1, 2, 2, 3))
+    >>> [float(t[0, 0, 0, 0]) for t in MergeAndRun()([a, b])]
+    [0.5, 0.5]
+    """
+
+    def call(self, inputs):
+        streams = _as_list(inputs)
+        merged = stream_mean(streams)
+        return [merged for _ in streams]
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, list):
+            return [tuple(input_shape[0]) for _ in input_shape]
+        return [tuple(input_shape)]
+
+
+class _ConvBNStack(keras.layers.Layer):
+    """Shared machinery: a chain of (conv, BN) pairs with ReLU between them (not after the last).
+
+    ``specs`` = [(filters, kernel_size, strides), ...]; sublayers are named ``conv{i}`` /
+    ``bn{i}``.
+    """
+
+    def __init__(
+        self,
+        specs,
+        kernel_initializer="he_normal",
+        kernel_regularizer=None,
+        bn_momentum: float = BN_MOMENTUM,
+        bn_epsilon: float = BN_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.convs = []
+        self.bns = []
+        for i, (filters, kernel_size, strides) in enumerate(specs, start=1):
+            self.convs.append(
+                keras.layers.Conv2D(
+                    filters,
+                    kernel_size,
+                    strides=strides,
+                    padding="same",
+                    use_bias=False,
+                    kernel_initializer=self.kernel_initializer,
+                    kernel_regularizer=self.kernel_regularizer,
+                    dtype=self.dtype_policy,
+                    name=f"conv{i}",
+                )
+            )
+            self.bns.append(
+                keras.layers.BatchNormalization(
+                    momentum=bn_momentum, epsilon=bn_epsilon, dtype=self.dtype_policy,
+                    name=f"bn{i}",
+                )
+            )
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for conv, bn in zip(self.convs, self.bns):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            bn.build(shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = inputs
+        last = len(self.convs) - 1
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            x = bn(conv(x), training=training)
+            if i < last:
+                x = ops.relu(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for conv in self.convs:
+            shape = conv.compute_output_shape(shape)
+        return shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bn_momentum": self.bn_momentum,
+                "bn_epsilon": self.bn_epsilon,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResidualBranch(_ConvBNStack):
+    """One residual branch H(x), post-activation order, no ReLU at its end.
+
+    - ``basic``: conv3x3(strides)-BN-ReLU-conv3x3-BN, ``filters`` channels throughout.
+    - ``bottleneck``: conv1x1-BN-ReLU-conv3x3(strides)-BN-ReLU-conv1x1-BN with inner width
+      ``filters // expansion`` and ``filters`` output channels (stride on the 3x3, as the
+      reference ImageNet code).
+
+    Args:
+        filters: output channels of the branch.
+        block_type: ``"basic"`` or ``"bottleneck"``.
+        strides: 1, or 2 at a stage transition.
+        expansion: bottleneck expansion; ``filters`` must be divisible by it.
+    """
+
+    def __init__(self, filters, block_type="basic", strides=1, expansion=4, **kwargs):
+        filters = _check_positive_int("filters", filters)
+        block_type = _check_choice("block_type", block_type, BLOCK_TYPES)
+        strides = _check_positive_int("strides", strides)
+        expansion = _check_positive_int("expansion", expansion)
+        if block_type == "basic":
+            specs = [(filters, 3, strides), (filters, 3, 1)]
+        else:
+            if filters % expansion:
+                raise ValueError(
+                    f"A bottleneck branch needs `filters` divisible by `expansion`={expansion}. "
+                    f"Received: filters={filters!r}"
+                )
+            inner = filters // expansion
+            specs = [(inner, 1, 1), (inner, 3, strides), (filters, 1, 1)]
+        super().__init__(specs, **kwargs)
+        self.filters = filters
+        self.block_type = block_type
+        self.strides = strides
+        self.expansion = expansion
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "block_type": self.block_type,
+                "strides": self.strides,
+                "expansion": self.expansion,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ProjectionShortcut(_ConvBNStack):
+    """A 1x1 convolution (with ``strides``) followed by BN: the shortcut at stage transitions."""
+
+    def __init__(self, filters, strides=1, **kwargs):
+        filters = _check_positive_int("filters", filters)
+        strides = _check_positive_int("strides", strides)
+        super().__init__([(filters, 1, strides)], **kwargs)
+        self.filters = filters
+        self.strides = strides
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filters": self.filters, "strides": self.strides})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MergeAndRunBlock(keras.layers.Layer):
+    """One K-branch block: merge-and-run (DMRNet), identity (DILNet) or ResNet.
+
+    Call it on one tensor (fed to every stream, as the stem feeds the first block) or on a list
+    of stream tensors; it returns a list of streams, or one tensor where there is one stream or
+    ``output_mode`` merges them.
+
+    - ``mapping="merge_and_run"``: K streams, ``x_k <- relu(mean_j s_j(x_j) + H_k(x_k))``.
+    - ``mapping="identity"``: one stream, ``x <- relu(s(x) + sum_k H_k(x))`` (DILNet).
+    - ``mapping="resnet"``: the identity mapping with ``num_branches=1``.
+
+    Args:
+        filters: output channels of every stream.
+        num_branches: K >= 1. With ``merge_and_run``, K = 1 is a ResNet block.
+        mapping: ``"merge_and_run"``, ``"identity"`` or ``"resnet"``.
+        block_type: ``"basic"`` (3x3-3x3) or ``"bottleneck"`` (1x1-3x3-1x1).
+        strides: stride of the block's first spatial convolution.
+        shortcut: ``"auto"`` (projection where shape changes, else identity), ``"projection"``
+            (a separate 1x1 conv + BN per stream), ``"identity"``, or ``"none"`` (no skip at all:
+            each stream is ``relu(H_k(x_k))``; the first block of each stage in the 2018 form).
+        output_mode: ``"streams"`` (K tensors), ``"sum"`` (``relu(sum_k pre_k)``: the streams
+            summed before the head, no per-stream ReLU) or ``"concat"`` (the K ReLU'd streams
+            concatenated on channels).
+        expansion: bottleneck expansion (inner width = ``filters // expansion``).
+        kernel_initializer, kernel_regularizer, bn_momentum, bn_epsilon: passed to the
+            convolutions and batch normalizations.
+
+    Example:
+    >>> block = MergeAndRunBlock(16, num_branches=2)
+    >>> streams = block(keras.ops.ones((1, 8, 8, 16)))
+    >>> len(streams), tuple(streams[0].shape)
+    (2, (1, 8, 8, 16))
+    """
+
+    def __init__(
+        self,
+        filters,
+        num_branches=2,
+        mapping="merge_and_run",
+        block_type="basic",
+        strides=1,
+        shortcut="auto",
+        output_mode="streams",
+        expansion=4,
+        kernel_initializer="he_normal",
+        kernel_regularizer=None,
+        bn_momentum=BN_MOMENTUM,
+        bn_epsilon=BN_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = _check_positive_int("filters", filters)
+        self.num_branches = _check_positive_int("num_branches", num_branches)
+        self.mapping = _check_choice("mapping", mapping, MAPPINGS)
+        self.block_type = _check_choice("block_type", block_type, BLOCK_TYPES)
+        self.strides = _check_positive_int("strides", strides)
+        self.shortcut = _check_choice("shortcut", shortcut, SHORTCUTS)
+        self.output_mode = _check_choice("output_mode", output_mode, OUTPUT_MODES)
+        self.expansion = _check_positive_int("expansion", expansion)
+        if mapping == "resnet" and num_branches != 1:
+            raise ValueError(
+                "`mapping='resnet'` is one stream with one branch, so `num_branches` must be 1. "
+                f"Received: num_branches={num_branches!r}. Use mapping='identity' (DILNet) for "
+                "several branches on one stream, or 'merge_and_run' for several streams."
+            )
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.num_streams = self.num_branches if mapping == "merge_and_run" else 1
+
+        common = dict(
+            kernel_initializer=self.kernel_initializer,
+            kernel_regularizer=self.kernel_regularizer,
+            bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon,
+            dtype=self.dtype_policy,
+        )
+        self.branches = [
+            ResidualBranch(
+                filters, block_type, strides, expansion, name=f"branch{k + 1}", **common
+            )
+            for k in range(self.num_branches)
+        ]
+        self._common = common
+        self.shortcuts = []  # created in build, once input channels are known
+
+    def _needs_projection(self, in_channels):
+        if self.shortcut == "projection":
+            return True
+        if self.shortcut == "auto":
+            return self.strides != 1 or in_channels != self.filters
+        if self.shortcut == "identity" and (self.strides != 1 or in_channels != self.filters):
+            raise ValueError(
+                f"`shortcut='identity'` needs strides=1 and input channels == filters; got "
+                f"strides={self.strides}, input channels={in_channels}, filters={self.filters}. "
+                "Use shortcut='auto' or 'projection'."
+            )
+        return False
+
+    def _stream_shapes(self, input_shape):
+        if isinstance(input_shape, list) and input_shape and isinstance(
+            input_shape[0], (list, tuple)
+        ):
+            shapes = [tuple(s) for s in input_shape]
+        else:
+            shapes = [tuple(input_shape)]
+        if len(shapes) not in (1, self.num_streams):
+            raise ValueError(
+                f"Layer '{self.name}' ({self.mapping}, {self.num_streams} stream(s)) takes one "
+                f"tensor or a list of {self.num_streams}; received {len(shapes)} tensors."
+            )
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError(f"Layer '{self.name}': stream shapes differ: {shapes}")
+        if shapes[0][-1] is None:
+            raise ValueError(f"Layer '{self.name}': the channel axis must be known: {shapes[0]}")
+        return shapes
+
+    def build(self, input_shape):
+        shape = self._stream_shapes(input_shape)[0]
+        for branch in self.branches:
+            branch.build(shape)
+        if self.shortcut != "none" and self._needs_projection(shape[-1]):
+            self.shortcuts = [
+                ProjectionShortcut(
+                    self.filters, self.strides, name=f"shortcut{k + 1}", **self._common
+                )
+                for k in range(self.num_streams)
+            ]
+            for sc in self.shortcuts:
+                sc.build(shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        streams = _as_list(inputs)
+        if len(streams) == 1 and self.num_streams > 1:
+            streams = streams * self.num_streams
+        if self.mapping == "merge_and_run":
+            pre = [b(x, training=training) for b, x in zip(self.branches, streams)]
+        else:
+            x = streams[0]
+            residual = self.branches[0](x, training=training)
+            for b in self.branches[1:]:
+                residual = ops.add(residual, b(x, training=training))
+            pre = [residual]
+        if self.shortcut != "none":
+            if self.shortcuts:
+                skips = [sc(x, training=training) for sc, x in zip(self.shortcuts, streams)]
+            else:
+                skips = streams[: self.num_streams]
+            merged = stream_mean(skips)
+            pre = [ops.add(merged, h) for h in pre]
+        if len(pre) == 1:
+            return ops.relu(pre[0])
+        if self.output_mode == "sum":
+            total = pre[0]
+            for p in pre[1:]:
+                total = ops.add(total, p)
+            return ops.relu(total)
+        out = [ops.relu(p) for p in pre]
+        if self.output_mode == "concat":
+            return ops.concatenate(out, axis=-1)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        shape = self.branches[0].compute_output_shape(self._stream_shapes(input_shape)[0])
+        if self.num_streams == 1 or self.output_mode == "sum":
+            return shape
+        if self.output_mode == "concat":
+            return shape[:-1] + (shape[-1] * self.num_streams,)
+        return [shape for _ in range(self.num_streams)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "num_branches": self.num_branches,
+                "mapping": self.mapping,
+                "block_type": self.block_type,
+                "strides": self.strides,
+                "shortcut": self.shortcut,
+                "output_mode": self.output_mode,
+                "expansion": self.expansion,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bn_momentum": self.bn_momentum,
+                "bn_epsilon": self.bn_epsilon,
+            }
+        )
+        return config

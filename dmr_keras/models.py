@@ -1,0 +1,347 @@
+"""One configurable builder for DMRNet, DILNet and ResNet in the paper's CIFAR and ImageNet forms.
+
+Forms (see ``shared/PAPER.md`` and the reference code ``zlmzju/fusenet``):
+
+- ``"cifar"``: conv3x3 stem (16w channels, BN, ReLU), three stages of n blocks with 16w, 32w, 64w
+  channels, stride 2 at stages 2 and 3 with per-stream projections; depth 6n+2 (basic) or 9n+2
+  (bottleneck). The streams are summed after the last block, then ReLU, global average pooling
+  and the classifier.
+- ``"imagenet2016"``: conv7x7/2-BN-ReLU and maxpool3x3/2 stem, four stages of bottleneck blocks
+  (64w, 128w, 256w, 512w inner channels, 4x expansion), per-stream projections at each stage's
+  first block, streams summed before pooling.
+- ``"imagenet2018"``: as 2016 but the stem conv has no BN, the first block of every stage has no
+  shortcut (each stream runs a strided bottleneck) and the streams are concatenated before
+  pooling.
+
+Every layer has a stable name: ``stem_conv``, ``stage{s}_block{b}`` (with ``branch{k}/conv{i}``
+and ``shortcut{k}/conv1`` inside), ``avg_pool``, ``predictions``. :func:`stage_outputs` gives each
+stage's output for feature extraction.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import keras
+
+from dmr_keras.layers import (
+    BLOCK_TYPES,
+    BN_EPSILON,
+    BN_MOMENTUM,
+    MAPPINGS,
+    MergeAndRunBlock,
+    _check_choice,
+    _check_positive_int,
+)
+
+FORMS = ("cifar", "imagenet2016", "imagenet2018")
+
+# Blocks per stage for named ImageNet depths (reference code's table; 2018: the IJCAI paper).
+IMAGENET_BLOCKS = {
+    "imagenet2016": {
+        26: (2, 2, 3, 1),
+        29: (2, 2, 4, 1),
+        44: (2, 2, 8, 2),
+        50: (3, 4, 6, 3),
+        101: (3, 4, 23, 3),
+        152: (3, 8, 36, 3),
+    },
+    "imagenet2018": {50: (1, 2, 11, 2)},
+}
+
+_DEFAULTS = {
+    "cifar": dict(input_shape=(32, 32, 3), classes=10, block_type="basic", base=(16, 32, 64)),
+    "imagenet2016": dict(
+        input_shape=(224, 224, 3), classes=1000, block_type="bottleneck", base=(64, 128, 256, 512)
+    ),
+    "imagenet2018": dict(
+        input_shape=(224, 224, 3), classes=1000, block_type="bottleneck", base=(64, 128, 256, 512)
+    ),
+}
+_CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
+_PREFIX = {"merge_and_run": "dmrnet", "identity": "dilnet", "resnet": "resnet"}
+
+
+def _blocks_from_depth(form, depth, block_type):
+    per_block = _CONVS_PER_BLOCK[block_type]
+    if form == "cifar":
+        n, rem = divmod(depth - 2, 3 * per_block)
+        if rem or n < 1:
+            valid = ", ".join(str(3 * per_block * i + 2) for i in range(1, 6))
+            raise ValueError(
+                f"No number of blocks per stage gives depth={depth!r} for the CIFAR form with "
+                f"{block_type} blocks: depth must be {3 * per_block}n+2 with n >= 1 "
+                f"(e.g. {valid}, ...)."
+            )
+        return (n, n, n)
+    table = IMAGENET_BLOCKS[form]
+    if depth not in table or block_type != "bottleneck":
+        raise ValueError(
+            f"No named block layout gives depth={depth!r} for form '{form}' with {block_type} "
+            f"blocks. Valid depths: {sorted(table)} (bottleneck); or pass `blocks=(b1, b2, b3, "
+            "b4)` explicitly."
+        )
+    return table[depth]
+
+
+def _resolve_blocks(form, depth, blocks, block_type):
+    num_stages = len(_DEFAULTS[form]["base"])
+    if blocks is None:
+        if depth is None:
+            raise ValueError("Pass `depth` (e.g. depth=56) or `blocks` (blocks per stage).")
+        _check_positive_int("depth", depth, minimum=3)
+        return tuple(_blocks_from_depth(form, depth, block_type))
+    blocks = tuple(blocks)
+    if len(blocks) != num_stages:
+        raise ValueError(
+            f"Form '{form}' has {num_stages} stages, so `blocks` needs {num_stages} entries. "
+            f"Received: blocks={blocks!r}"
+        )
+    for b in blocks:
+        _check_positive_int("blocks[i]", b)
+    implied = _CONVS_PER_BLOCK[block_type] * sum(blocks) + 2
+    if depth is not None and depth != implied:
+        raise ValueError(
+            f"`depth`={depth!r} does not match blocks={blocks!r}, which give depth {implied} "
+            f"({_CONVS_PER_BLOCK[block_type]} convs per {block_type} block + stem + classifier)."
+        )
+    return blocks
+
+
+def _check_width(width, base):
+    ok = (
+        isinstance(width, (int, float))
+        and not isinstance(width, bool)
+        and math.isfinite(width)
+        and width > 0
+    )
+    if not ok:
+        raise ValueError(f"`width` must be a positive number. Received: width={width!r}")
+    widths = [c * width for c in base]
+    if any(abs(c - round(c)) > 1e-9 for c in widths):
+        raise ValueError(
+            f"`width`={width!r} gives non-integer channel counts {widths}; pick a width for which "
+            f"every stage width {list(base)} x width is an integer."
+        )
+    return [int(round(c)) for c in widths]
+
+
+def total_stride(form: str) -> int:
+    """Total downsampling of a form's feature extractor (minimum input side)."""
+    return 4 if form == "cifar" else 32
+
+
+def model_depth(blocks, block_type) -> int:
+    """Depth counted on the longest path: stem conv + convs of every block + classifier."""
+    return _CONVS_PER_BLOCK[block_type] * sum(blocks) + 2
+
+
+def _resolve_input(form, input_tensor, input_shape):
+    if input_tensor is not None and input_shape is None:
+        input_shape = tuple(keras.ops.shape(input_tensor)[1:])
+    if input_shape is None:
+        input_shape = _DEFAULTS[form]["input_shape"]
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(
+            "`input_shape` must be (height, width, channels) (channels-last). "
+            f"Received: input_shape={input_shape!r}"
+        )
+    h, w, c = input_shape
+    if c is None or isinstance(c, bool) or not isinstance(c, int) or c < 1:
+        raise ValueError(
+            f"The channel count of `input_shape` must be a known positive integer. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    stride = total_stride(form)
+    for side in (h, w):
+        if side is not None and (not isinstance(side, int) or side < stride):
+            raise ValueError(
+                f"Input size {h}x{w} is smaller than form '{form}' downsamples (total stride "
+                f"{stride}): use inputs of at least {stride}x{stride}, or None for any size. "
+                f"Received: input_shape={input_shape!r}"
+            )
+    if input_tensor is None:
+        return keras.Input(shape=input_shape, name="input"), None
+    if keras.backend.is_keras_tensor(input_tensor):
+        return input_tensor, keras.utils.get_source_inputs(input_tensor)
+    img_input = keras.Input(tensor=input_tensor, shape=input_shape, name="input")
+    return img_input, keras.utils.get_source_inputs(img_input)
+
+
+def build_model(
+    depth: int | None = None,
+    *,
+    form: str = "cifar",
+    blocks=None,
+    width: float = 1,
+    num_branches: int | None = None,
+    mapping: str = "merge_and_run",
+    block_type: str | None = None,
+    include_top: bool = True,
+    input_tensor=None,
+    input_shape=None,
+    pooling: str | None = None,
+    classes: int | None = None,
+    classifier_activation="softmax",
+    kernel_regularizer=None,
+    name: str | None = None,
+) -> keras.Model:
+    """Build a DMRNet (merge-and-run), DILNet (identity) or ResNet as a functional Keras model.
+
+    Args:
+        depth: depth on the longest path (CIFAR: 6n+2 for basic blocks; ImageNet: a named depth
+            of ``IMAGENET_BLOCKS``). Either ``depth`` or ``blocks`` is required.
+        form: ``"cifar"``, ``"imagenet2016"`` or ``"imagenet2018"``.
+        blocks: blocks per stage (per stream), e.g. ``(9, 9, 9)`` or ``(2, 2, 8, 2)``.
+        width: width multiplier w (CIFAR stages have 16w, 32w, 64w channels).
+        num_branches: K, branches per block. Defaults to 2, or 1 for ``mapping="resnet"``.
+        mapping: ``"merge_and_run"`` (DMRNet), ``"identity"`` (DILNet) or ``"resnet"``.
+        block_type: ``"basic"`` or ``"bottleneck"``; defaults to the form's.
+        include_top: whether to add global pooling and the classifier.
+        input_tensor: optional tensor to use as the model's input.
+        input_shape: ``(H, W, C)``; ``(None, None, 3)`` for any size. Defaults to the form's.
+        pooling: with ``include_top=False``: ``None`` (4D features), ``"avg"`` or ``"max"``.
+        classes: classifier outputs (default 10 for CIFAR, 1000 for ImageNet forms).
+        classifier_activation: activation of the classifier; ``None`` gives logits. Always
+            computed in float32, also under a mixed-precision policy.
+        kernel_regularizer: optional regularizer for every convolution and dense kernel.
+        name: model name; defaults to ``{dmrnet|dilnet|resnet}_{depth}``.
+
+    Example:
+    >>> model = build_model(20, width=1, num_branches=2)
+    >>> model.output_shape
+    (None, 10)
+    """
+    form = _check_choice("form", form, FORMS)
+    mapping = _check_choice("mapping", mapping, MAPPINGS)
+    defaults = _DEFAULTS[form]
+    block_type = _check_choice("block_type", block_type or defaults["block_type"], BLOCK_TYPES)
+    if num_branches is None:
+        num_branches = 1 if mapping == "resnet" else 2
+    num_branches = _check_positive_int("num_branches", num_branches)
+    if mapping == "resnet" and num_branches != 1:
+        raise ValueError(
+            "`mapping='resnet'` has one branch per block, so `num_branches` must be 1 (or None). "
+            f"Received: num_branches={num_branches!r}"
+        )
+    blocks = _resolve_blocks(form, depth, blocks, block_type)
+    depth = model_depth(blocks, block_type)
+    base = _check_width(width, defaults["base"])
+    expansion = 4 if block_type == "bottleneck" else 1
+    stage_filters = [c * expansion for c in base]
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(
+            f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}"
+        )
+    if classes is None:
+        classes = defaults["classes"]
+    classes = _check_positive_int("classes", classes)
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "dmr_keras models are channels-last; keras.config.image_data_format() is "
+            f"{keras.config.image_data_format()!r}. Call "
+            "keras.config.set_image_data_format('channels_last') first."
+        )
+    regularizer = keras.regularizers.get(kernel_regularizer)
+    img_input, source_inputs = _resolve_input(form, input_tensor, input_shape)
+
+    # Stem.
+    if form == "cifar":
+        x = keras.layers.Conv2D(
+            base[0], 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+            kernel_regularizer=regularizer, name="stem_conv",
+        )(img_input)
+    else:
+        x = keras.layers.Conv2D(
+            base[0], 7, strides=2, padding="same", use_bias=form == "imagenet2018",
+            kernel_initializer="he_normal", kernel_regularizer=regularizer, name="stem_conv",
+        )(img_input)
+    if form != "imagenet2018":
+        x = keras.layers.BatchNormalization(
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="stem_bn"
+        )(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    if form != "cifar":
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+
+    # Stages of merge-and-run (or identity / resnet) blocks.
+    last_stage = len(blocks) - 1
+    for s, (n, filters) in enumerate(zip(blocks, stage_filters)):
+        for b in range(n):
+            first, last = b == 0, (s == last_stage and b == n - 1)
+            shortcut = "auto"
+            if first and form == "imagenet2018":
+                shortcut = "none"
+            x = MergeAndRunBlock(
+                filters,
+                num_branches=num_branches,
+                mapping=mapping,
+                block_type=block_type,
+                strides=2 if (first and s > 0) else 1,
+                shortcut=shortcut,
+                output_mode=("concat" if form == "imagenet2018" else "sum") if last else "streams",
+                expansion=4 if block_type == "bottleneck" else 1,
+                kernel_regularizer=regularizer,
+                name=f"stage{s + 1}_block{b + 1}",
+            )(x)
+
+    # Head.
+    policy = keras.config.dtype_policy()
+    head_dtype = "float32" if policy.compute_dtype != policy.variable_dtype else None
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(
+            classes, activation=classifier_activation, kernel_regularizer=regularizer,
+            dtype=head_dtype, name="predictions",
+        )(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    inputs = source_inputs if source_inputs is not None else img_input
+    if name is None:
+        name = f"{_PREFIX[mapping]}_{depth}"
+    return keras.Model(inputs, x, name=name)
+
+
+def DMRNet(depth=56, **kwargs) -> keras.Model:
+    """Merge-and-run network (``build_model(mapping="merge_and_run")``)."""
+    return build_model(depth, mapping="merge_and_run", **kwargs)
+
+
+def DILNet(depth=56, **kwargs) -> keras.Model:
+    """Deep inception-like network, identity mappings only (``mapping="identity"``)."""
+    return build_model(depth, mapping="identity", **kwargs)
+
+
+def ResNet(depth=110, **kwargs) -> keras.Model:
+    """Plain ResNet baseline from the same parts (``mapping="resnet"``, one branch)."""
+    return build_model(depth, mapping="resnet", **kwargs)
+
+
+_BLOCK_NAME = re.compile(r"^stage(\d+)_block(\d+)$")
+
+
+def stage_outputs(model: keras.Model) -> dict:
+    """Each stage's output, keyed ``"stage1"``, ``"stage2"``, ...: for feature extraction.
+
+    A stage's output is its last block's: a list of K stream tensors inside the network, one
+    tensor for the last stage (streams merged) or single-stream networks.
+
+    Example:
+    >>> m = build_model(20)
+    >>> features = keras.Model(m.input, stage_outputs(m))
+    """
+    last = {}
+    for layer in model.layers:
+        match = _BLOCK_NAME.match(layer.name)
+        if match:
+            s, b = int(match.group(1)), int(match.group(2))
+            if b >= last.get(s, (0, None))[0]:
+                last[s] = (b, layer)
+    if not last:
+        raise ValueError(f"Model '{model.name}' has no layers named stage{{s}}_block{{b}}.")
+    return {f"stage{s}": last[s][1].output for s in sorted(last)}

@@ -1,0 +1,1 @@
+"""dmr-keras tuning: keras-tuner searches over depth, width and branch count (issue 5)."""

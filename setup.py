@@ -24,12 +24,16 @@ setup(
         "keras-tuner",
         "tensorboard",
         "scikit-learn",
+        "matplotlib",
+        "h5py",
     ],
     extras_require={
         "jax": ["jax"],
         "dev": ["pytest", "pytest-timeout", "jax"],
     },
-    entry_points={"console_scripts": ["dmr-demo=zoo.demo:main"]},
+    entry_points={
+        "console_scripts": ["dmr-demo=zoo.demo:main", "dmr-train=zoo.train:main"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -23,9 +23,9 @@ def test_ci_runs_the_readme_test_command():
 def test_setup_declares_every_third_party_import():
     setup = (ROOT / "setup.py").read_text()
     declared = {"keras", "numpy", "tensorflow", "tensorflow_datasets", "keras_tuner", "tensorboard",
-                "sklearn", "jax", "pytest"}
+                "sklearn", "jax", "pytest", "matplotlib", "h5py"}
     for pkg in ("keras>=3", "tensorflow", "tensorflow-datasets", "keras-tuner", "tensorboard",
-                "scikit-learn", "numpy"):
+                "scikit-learn", "numpy", "matplotlib", "h5py"):
         assert f'"{pkg}"' in setup
     own = {"dmr_keras", "zoo", "tuning", "tests"}
     stdlib = {"__future__"} | set(__import__("sys").stdlib_module_names)

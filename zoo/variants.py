@@ -74,6 +74,12 @@ VARIANTS: dict[str, Variant] = {
             description="Tiny DMRNet-14 (2 blocks per stage) for demos and tests.",
         ),
         Variant(
+            "dmrnet_8_tiny",
+            dict(form="cifar", depth=8, width=0.5, num_branches=2, mapping="merge_and_run"),
+            params=39_346,
+            description="DMRNet-8 at w = 0.5 (8-16-32 channels, 1 block per stage): for tests.",
+        ),
+        Variant(
             "dmrnet_44_imagenet",
             dict(form="imagenet2016", depth=44, width=1, num_branches=2, mapping="merge_and_run"),
             params=43_338_024,

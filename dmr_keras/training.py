@@ -1,0 +1,220 @@
+"""The paper's training recipe and the pieces of a run that survives a kill.
+
+- :func:`learning_rate_schedule`: ``paper`` (x0.1 at 1/2, 3/4 and 7/8 of training, the
+  reference CIFAR recipe; every 30 epochs for ImageNet) or ``cosine``.
+- :func:`make_optimizer`: SGD, Nesterov momentum 0.9.
+- :func:`kernel_weight_decay`: weight decay on convolution and dense kernels only, as an L2 loss
+  ``(wd / 2) * ||w||^2`` whose gradient is ``wd * w``: what MXNet's ``wd`` does.
+- :class:`EpochCheckpoint`: after every epoch, the whole model (weights, optimizer state, step)
+  as ``.keras`` plus a small JSON state, each written atomically; :func:`latest_checkpoint`
+  finds the newest complete one.
+- :func:`transfer_weights`: copy weights by stable layer name (for fine-tuning with a new head).
+- :func:`write_hparams`, :func:`plot_history`: TensorBoard hyperparameters and a curves PNG.
+
+Uses Keras only (any backend) except :func:`write_hparams` (TensorBoard's summary API).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import keras
+
+from dmr_keras.atomic import atomic_path, write_json
+
+SCHEDULES = ("paper", "cosine")
+CHECKPOINT_STATE = "checkpoint.json"
+
+
+def learning_rate_schedule(
+    name: str, base_lr: float, epochs: int, steps_per_epoch: int, imagenet: bool = False
+):
+    """A per-step learning-rate schedule.
+
+    ``paper``: the reference code's steps, x0.1 at 1/2, 3/4 and 7/8 of the run (CIFAR, SVHN,
+    digits, folders), or x0.1 every 30 epochs for ImageNet. ``cosine``: cosine decay to 0.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"Unknown `schedule`: {name!r}. Valid values: {', '.join(SCHEDULES)}")
+    total = max(1, epochs * steps_per_epoch)
+    if name == "cosine":
+        return keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=total)
+    if imagenet:
+        boundaries = [e * steps_per_epoch for e in range(30, epochs, 30)]
+    else:
+        boundaries = sorted({max(1, int(total * f)) for f in (0.5, 0.75, 0.875)})
+    if not boundaries:
+        return keras.optimizers.schedules.PiecewiseConstantDecay([total], [base_lr, base_lr])
+    values = [base_lr * 0.1**i for i in range(len(boundaries) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def make_optimizer(schedule) -> keras.optimizers.Optimizer:
+    """SGD with Nesterov momentum 0.9 (the reference recipe)."""
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
+
+
+def kernel_weight_decay(weight_decay: float):
+    """An L2 regulariser equal to MXNet-style weight decay ``wd`` on kernels (None for 0)."""
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
+            and weight_decay >= 0):
+        raise ValueError(f"`weight_decay` must be a number >= 0. Received: {weight_decay!r}")
+    return keras.regularizers.L2(weight_decay / 2) if weight_decay > 0 else None
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+def latest_checkpoint(directory) -> dict | None:
+    """The newest complete checkpoint's state (``epoch``, ``path``, ``history``), or None."""
+    state_path = Path(directory) / CHECKPOINT_STATE
+    if not state_path.exists():
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError) as err:  # written atomically, so this is outside damage
+        raise ValueError(
+            f"Checkpoint state {state_path} is unreadable ({err}). Delete {directory} to start "
+            "the run from scratch."
+        ) from err
+    path = Path(directory) / state["file"]
+    if not path.exists():
+        raise ValueError(
+            f"Checkpoint state {state_path} names {path}, which is missing. Delete {directory} "
+            "to start the run from scratch."
+        )
+    return {**state, "path": str(path)}
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save the full model after every epoch, atomically, and record it in ``checkpoint.json``.
+
+    The ``.keras`` file holds weights, optimizer variables and the step counter, so a resumed
+    run continues the learning-rate schedule where it stopped. The state file is replaced only
+    after the model file is complete; older checkpoints beyond ``keep`` are removed after that.
+    ``history`` carries the per-epoch logs of earlier (killed) attempts.
+    """
+
+    def __init__(self, directory, history: dict | None = None, keep: int = 2, enabled=True):
+        super().__init__()
+        self.directory = Path(directory)
+        self.history = {k: list(v) for k, v in (history or {}).items()}
+        self.keep = keep
+        self.enabled = enabled
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        if not self.enabled:
+            return
+        name = f"epoch-{epoch + 1:04d}.keras"
+        with atomic_path(self.directory / name) as tmp:
+            self.model.save(tmp)
+        write_json(self.directory / CHECKPOINT_STATE,
+                   {"epoch": epoch + 1, "file": name, "history": self.history})
+        for old in sorted(self.directory.glob("epoch-*.keras"))[: -self.keep]:
+            old.unlink()
+
+
+# ---- fine-tuning ----------------------------------------------------------------------------
+
+def transfer_weights(source: keras.Model, target: keras.Model, skip=("predictions",)) -> list:
+    """Copy weights from ``source`` to ``target`` layer by layer, matched by stable name.
+
+    Layers named in ``skip`` (the classifier) and layers without weights are left alone.
+    Raises ``ValueError`` if a same-named layer has other shapes or nothing matches.
+    """
+    copied = []
+    for layer in target.layers:
+        if layer.name in skip or not layer.weights:
+            continue
+        try:
+            src = source.get_layer(layer.name)
+        except ValueError:
+            continue
+        src_shapes = [tuple(w.shape) for w in src.weights]
+        dst_shapes = [tuple(w.shape) for w in layer.weights]
+        if src_shapes != dst_shapes:
+            raise ValueError(
+                f"Cannot load weights into layer '{layer.name}': shapes {src_shapes} in the "
+                f"source model, {dst_shapes} here. The weights come from another architecture."
+            )
+        layer.set_weights(src.get_weights())
+        copied.append(layer.name)
+    if not copied:
+        raise ValueError(
+            f"No layer of '{target.name}' matches a layer of '{source.name}' by name: the "
+            "weights come from another architecture."
+        )
+    return copied
+
+
+def head_classes_in_weights_file(path) -> int:
+    """The class count of the classifier stored in a Keras 3 ``.weights.h5`` file."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        kernels = []
+        f["layers"].visititems(
+            lambda name, obj: kernels.append(obj.shape)
+            if isinstance(obj, h5py.Dataset) and name.startswith("dense") and len(obj.shape) == 2
+            else None
+        )
+    if len(kernels) != 1:
+        raise ValueError(f"Expected one dense classifier in {path}; found {len(kernels)}.")
+    return int(kernels[0][1])
+
+
+def freeze_backbone(model: keras.Model, head=("predictions",)) -> None:
+    """Make every layer but the head non-trainable. Frozen BatchNorm runs in inference mode
+    (Keras uses the moving statistics for a BatchNormalization layer with trainable=False)."""
+    for layer in model.layers:
+        layer.trainable = layer.name in head
+
+
+# ---- reporting ------------------------------------------------------------------------------
+
+def write_hparams(log_dir, hparams: dict, metrics=("epoch_accuracy", "epoch_loss")) -> None:
+    """Record the run's hyperparameters for TensorBoard's HParams dashboard."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
+             for k, v in hparams.items()}
+    with tf.summary.create_file_writer(str(log_dir)).as_default():
+        hp.hparams_config(hparams=[hp.HParam(k) for k in clean],
+                          metrics=[hp.Metric(m, group="validation") for m in metrics])
+        hp.hparams(clean)
+
+
+def plot_history(history: dict, path, title: str = "") -> None:
+    """Loss and accuracy curves (train and validation) as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if history.get(key):
+                epochs = range(1, len(history[key]) + 1)
+                ax.plot(epochs, history[key], style, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def command_line() -> str:
+    import shlex
+    import sys
+
+    return " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:])

@@ -1,0 +1,120 @@
+"""Recipe pieces: schedules, weight decay, atomic writes, checkpoints, weight transfer."""
+
+import json
+
+import numpy as np
+import pytest
+import keras
+
+from dmr_keras import atomic, training
+from dmr_keras.distribute import check_strategy_name, check_tf_config
+from zoo import create_model
+
+
+def _lr(schedule, step):
+    return float(keras.ops.convert_to_numpy(schedule(step)))
+
+
+def test_paper_schedule_steps_at_half_three_quarters_seven_eighths():
+    s = training.learning_rate_schedule("paper", 0.1, epochs=400, steps_per_epoch=10)
+    # 4000 steps: boundaries 2000, 3000, 3500
+    assert _lr(s, 0) == pytest.approx(0.1)
+    assert _lr(s, 1999) == pytest.approx(0.1)
+    assert _lr(s, 2001) == pytest.approx(0.01)
+    assert _lr(s, 3001) == pytest.approx(0.001)
+    assert _lr(s, 3501) == pytest.approx(0.0001)
+
+
+def test_imagenet_schedule_every_30_epochs_and_cosine():
+    s = training.learning_rate_schedule("paper", 0.1, 100, 10, imagenet=True)
+    assert [round(_lr(s, e * 10 + 1), 6) for e in (0, 29, 30, 60, 95)] == [
+        0.1, 0.1, 0.01, 0.001, 0.0001]
+    c = training.learning_rate_schedule("cosine", 0.1, 10, 10)
+    assert _lr(c, 0) == pytest.approx(0.1) and _lr(c, 50) == pytest.approx(0.05, abs=1e-6)
+    with pytest.raises(ValueError, match="Unknown `schedule`: 'linear'"):
+        training.learning_rate_schedule("linear", 0.1, 1, 1)
+
+
+def test_optimizer_is_nesterov_sgd():
+    opt = training.make_optimizer(0.1)
+    assert isinstance(opt, keras.optimizers.SGD) and opt.nesterov and opt.momentum == 0.9
+
+
+def test_weight_decay_is_on_kernels_and_matches_mxnet_wd():
+    reg = training.kernel_weight_decay(1e-4)
+    w = np.full((3, 3), 2.0, "float32")
+    # gradient of (wd/2)||w||^2 is wd * w
+    assert float(reg(w)) == pytest.approx(0.5e-4 * 4.0 * 9)
+    model = create_model("dmrnet_8_tiny", kernel_regularizer=reg)
+    model(np.zeros((1, 32, 32, 3), "float32"))
+    n_kernels = sum(1 for w in model.weights if w.path.endswith("kernel"))
+    assert len(model.losses) == n_kernels  # every conv and dense kernel, no BN parameter
+    assert training.kernel_weight_decay(0) is None
+    with pytest.raises(ValueError, match="`weight_decay` must be a number >= 0"):
+        training.kernel_weight_decay(-1)
+
+
+def test_atomic_path_never_leaves_partial_files(tmp_path):
+    target = tmp_path / "out.json"
+    atomic.write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(target) as tmp:
+            tmp.write_text('{"a": 2, "trunc')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_epoch_checkpoint_and_resume_state(tmp_path):
+    model = create_model("dmrnet_8_tiny")
+    model.compile(optimizer=training.make_optimizer(0.1), loss="sparse_categorical_crossentropy")
+    cb = training.EpochCheckpoint(tmp_path, history={"loss": [3.0]}, keep=2)
+    cb.set_model(model)
+    assert training.latest_checkpoint(tmp_path) is None
+    for epoch in (1, 2, 3):
+        cb.on_epoch_end(epoch, {"loss": 2.0 - epoch * 0.1})
+    state = training.latest_checkpoint(tmp_path)
+    assert state["epoch"] == 4 and state["history"]["loss"] == pytest.approx([3.0, 1.9, 1.8, 1.7])
+    assert sorted(p.name for p in tmp_path.glob("*.keras")) == ["epoch-0003.keras",
+                                                                "epoch-0004.keras"]
+    restored = keras.saving.load_model(state["path"])
+    for a, b in zip(restored.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / "epoch-0004.keras").unlink()
+    with pytest.raises(ValueError, match="which is missing"):
+        training.latest_checkpoint(tmp_path)
+
+
+def test_transfer_weights_by_name_and_head_detection(tmp_path):
+    src = create_model("dmrnet_8_tiny", classes=10)
+    dst = create_model("dmrnet_8_tiny", classes=3)
+    copied = training.transfer_weights(src, dst)
+    assert "predictions" not in copied and "stage3_block1" in copied
+    np.testing.assert_array_equal(dst.get_layer("stem_conv").get_weights()[0],
+                                  src.get_layer("stem_conv").get_weights()[0])
+    path = tmp_path / "w.weights.h5"
+    src.save_weights(path)
+    assert training.head_classes_in_weights_file(path) == 10
+    with pytest.raises(ValueError, match="another architecture"):
+        training.transfer_weights(create_model("dmrnet_14"), dst)
+
+
+def test_freeze_backbone_keeps_head_trainable():
+    model = create_model("dmrnet_8_tiny", classes=3)
+    training.freeze_backbone(model)
+    trainable = {w.path.split("/")[0] for w in model.trainable_weights}
+    assert trainable == {"predictions"}
+
+
+def test_strategy_errors(monkeypatch):
+    with pytest.raises(ValueError, match="Unknown `strategy`: 'ps'"):
+        check_strategy_name("ps")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        check_strategy_name("multiworker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is malformed"):
+        check_tf_config()
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"index": 3}}')
+    with pytest.raises(ValueError, match="TF_CONFIG is malformed"):
+        check_tf_config()

@@ -24,12 +24,12 @@ def worker(model_name, batch, steps, devices, strategy):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import time
 
+    import keras
     import numpy as np
     import tensorflow as tf
-    import keras
 
-    from dmr_keras import distribute, training
     import zoo
+    from dmr_keras import distribute, training
 
     if devices > 1:
         distribute.configure_cpu_devices(devices)

@@ -14,8 +14,6 @@ On the JAX backend, ``mirrored``/``auto`` with several devices use
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import keras
 
@@ -46,29 +44,10 @@ def check_strategy_name(name: str) -> str:
                 "`strategy='multiworker'` needs the TensorFlow backend (KERAS_BACKEND=tensorflow); "
                 f"the backend is {keras.backend.backend()!r}."
             )
-        check_tf_config()
+        from dmr_keras.multiworker import parse_tf_config  # no TensorFlow import
+
+        parse_tf_config()
     return name
-
-
-def check_tf_config() -> dict:
-    """Parse and check ``TF_CONFIG`` for multi-worker training; ValueError saying what is wrong."""
-    example = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-               '"task": {"type": "worker", "index": 0}}')
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        raise ValueError(
-            "`strategy='multiworker'` needs the TF_CONFIG environment variable on every worker, "
-            f"e.g. TF_CONFIG='{example}' (same cluster everywhere, each its own task index)."
-        )
-    try:
-        config = json.loads(raw)
-        workers = config["cluster"]["worker"]
-        index = int(config["task"]["index"])
-        if not isinstance(workers, list) or not 0 <= index < len(workers):
-            raise ValueError("task index outside the worker list")
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"TF_CONFIG is malformed ({err}): {raw!r}. Expected e.g. {example}") from err
-    return config
 
 
 def configure_cpu_devices(n: int) -> None:
@@ -107,22 +86,22 @@ def make_plan(name: str, global_batch_size: int) -> Plan:
 def _tf_plan(name: str) -> Plan:
     import tensorflow as tf
 
+    if name == "multiworker":  # before anything that starts TF's context (device listing)
+        from dmr_keras.multiworker import strategy_from_tf_config
+
+        strategy = strategy_from_tf_config()
+        return Plan("multiworker", strategy, strategy.num_replicas_in_sync,
+                    f"MultiWorkerMirroredStrategy, {strategy.num_replicas_in_sync} replica(s)")
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "none"
     if name == "none":
         return Plan("none", None, 1, "one device")
-    if name == "mirrored":
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        cross = None if gpus else tf.distribute.ReductionToOneDevice()
-        strategy = tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=cross)
-        return Plan("mirrored", strategy, strategy.num_replicas_in_sync,
-                    f"MirroredStrategy over {len(devices)} device(s)")
-    from dmr_keras.multiworker import strategy_from_tf_config
-
-    strategy = strategy_from_tf_config()
-    return Plan("multiworker", strategy, strategy.num_replicas_in_sync,
-                f"MultiWorkerMirroredStrategy, {strategy.num_replicas_in_sync} replica(s)")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    cross = None if gpus else tf.distribute.ReductionToOneDevice()
+    strategy = tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=cross)
+    return Plan("mirrored", strategy, strategy.num_replicas_in_sync,
+                f"MirroredStrategy over {len(devices)} device(s)")
 
 
 def _jax_plan(name: str) -> Plan:

@@ -19,8 +19,8 @@ same weights.
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 _PACKAGE = "dmr_keras"

@@ -44,7 +44,8 @@ def main(mode, directory):
     got = keras.ops.convert_to_numpy(model(x, training=False))
     diff = float(np.max(np.abs(got - y)))
     scale = float(np.max(np.abs(y)))
-    print(f"loaded on {keras.backend.backend()}: max abs diff {diff:.3g} (output scale {scale:.3g})")
+    print(f"loaded on {keras.backend.backend()}: max abs diff {diff:.3g} "
+          f"(output scale {scale:.3g})")
     return 0 if diff <= 1e-4 * max(1.0, scale) else 1
 
 

@@ -2,8 +2,8 @@
 
 import copy
 
-import numpy as np
 import keras
+import numpy as np
 
 
 def _predict(model, x):

@@ -1,8 +1,8 @@
 """Layers: the mapping's idempotence, a literal reference of the block, argument errors."""
 
+import keras
 import numpy as np
 import pytest
-import keras
 from keras import ops
 
 from dmr_keras.layers import (

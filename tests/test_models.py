@@ -1,8 +1,8 @@
 """The builder: forms, keras.applications arguments, feature extraction, mixed precision, errors."""
 
+import keras
 import numpy as np
 import pytest
-import keras
 
 from dmr_keras import build_model, stage_outputs
 from dmr_keras.models import IMAGENET_BLOCKS
@@ -26,7 +26,8 @@ def test_cifar_form_structure():
 
 
 def test_imagenet_forms_structure():
-    m16 = build_model(form="imagenet2016", blocks=(1, 1, 1, 1), width=0.125, input_shape=(64, 64, 3))
+    m16 = build_model(form="imagenet2016", blocks=(1, 1, 1, 1), width=0.125,
+                      input_shape=(64, 64, 3))
     assert m16.get_layer("stem_pool").output.shape == (None, 16, 16, 8)
     assert len(m16.get_layer("stage1_block1").shortcuts) == 2  # 8 -> 32 channels: projected
     assert m16.get_layer("stage4_block1").output.shape == (None, 2, 2, 256)

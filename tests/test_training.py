@@ -2,12 +2,13 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
-import keras
 
 from dmr_keras import atomic, training
-from dmr_keras.distribute import check_strategy_name, check_tf_config
+from dmr_keras.distribute import check_strategy_name
+from dmr_keras.multiworker import parse_tf_config
 from zoo import create_model
 
 
@@ -110,11 +111,12 @@ def test_strategy_errors(monkeypatch):
     with pytest.raises(ValueError, match="Unknown `strategy`: 'ps'"):
         check_strategy_name("ps")
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+    with pytest.raises(ValueError, match="The TF_CONFIG environment variable is not set"):
         check_strategy_name("multiworker")
     monkeypatch.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(ValueError, match="TF_CONFIG is malformed"):
-        check_tf_config()
-    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"index": 3}}')
-    with pytest.raises(ValueError, match="TF_CONFIG is malformed"):
-        check_tf_config()
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        parse_tf_config()
+    monkeypatch.setenv("TF_CONFIG",
+                       '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}')
+    with pytest.raises(ValueError, match="TF_CONFIG is malformed: task index 3 is outside"):
+        parse_tf_config()

@@ -1,4 +1,7 @@
-"""Registry machinery: ``list_models``, ``create_model``, ``model_info``. The table is variants.py."""
+"""Registry machinery: ``list_models``, ``create_model``, ``model_info``.
+
+The table of variants is data, in ``zoo/variants.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import inspect
 
 import keras
 
-from dmr_keras.models import build_model, model_depth, _resolve_blocks, _DEFAULTS
+from dmr_keras.models import _DEFAULTS, _resolve_blocks, build_model, model_depth
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,8 @@ VARIANTS: dict[str, Variant] = {
             dict(form="cifar", depth=32, width=4, num_branches=2, mapping="merge_and_run"),
             params=14_851_402,
             description="DFN-MR2: 2 streams of 5 basic blocks per stage, w = 4.",
-            paper=dict(name="DFN-MR2", params=14.9e6, errors={_C10: 3.94, _C100: 19.25, _SVHN: 1.51}),
+            paper=dict(name="DFN-MR2", params=14.9e6,
+                       errors={_C10: 3.94, _C100: 19.25, _SVHN: 1.51}),
         ),
         Variant(
             "dmrnet_50_w4",

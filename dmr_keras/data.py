@@ -1,0 +1,565 @@
+"""Input pipelines (tf.data) for training and evaluation: CIFAR-10/100, SVHN, ImageNet, the
+offline scikit-learn digits and a folder of images.
+
+``load(spec, batch_size=...)`` returns ``(train, eval, info)``: two ``tf.data.Dataset`` of
+``(float32 images (B, H, W, 3) normalised per channel, int64 labels (B,))`` and a ``DataInfo``.
+The train set is shuffled, augmented and batched with ``drop_remainder=True``; it is not repeated,
+so one pass is one epoch (each new pass is reshuffled and re-augmented). The eval set is neither
+shuffled nor augmented and keeps its last partial batch. ``batch_size`` is the global batch.
+
+Datasets (``spec``):
+
+* ``cifar10``, ``cifar100`` (TFDS, train / test). The paper's recipe: 4-pixel zero pad, random
+  32x32 crop, random horizontal flip, per-channel mean/std normalisation.
+* ``svhn`` (TFDS ``svhn_cropped``): train = ``train`` + ``extra`` (604,388 images, as in the
+  paper), eval = ``test``. No augmentation (as in the paper), mean/std normalisation only.
+* ``imagenet2012`` (TFDS, train / validation). TFDS cannot download ImageNet: put
+  ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar`` in ``DATA_DIR/downloads/manual``
+  (or directly in ``DATA_DIR``) and pass ``data_dir=DATA_DIR``; the first ``load`` builds the
+  TFDS records in ``DATA_DIR`` (hours). Train: Inception-style random crop (area 8%-100% of the
+  image, aspect ratio 3/4-4/3, ``tf.image.stateless_sample_distorted_bounding_box``) resized to
+  224, random horizontal flip. Eval: shorter side resized to 256, centre 224 crop. The paper's
+  colour augmentation is not applied. ``image_size`` changes 224 (eval resize: size * 256 / 224).
+* ``digits`` (offline, the default): scikit-learn's 1,797 8x8 digits as 32x32x3 images (see
+  ``dmr_keras.digits``). A fixed split, independent of ``seed``: the permutation
+  ``numpy.random.RandomState(0).permutation(1797)``; its first 1,437 indices are the train set,
+  its last 360 the eval (test) set. Mean and std per channel are computed at load time from the
+  1,437 train images (the 3 channels are equal): mean 0.30540, std 0.37586. Augmentation: 4-pixel
+  zero pad + random 32x32 crop, no flip (digits are not mirror-invariant).
+* ``folder:PATH``: one sub-folder of ``PATH`` per class (sorted folder names give the class
+  indices; hidden folders are ignored), images ``.jpg .jpeg .png .bmp .gif`` anywhere below each
+  class folder. Each image is decoded with ``tf.io.decode_image(channels=3,
+  expand_animations=False)``, resized (bilinear, aspect ratio not kept) to
+  ``image_size`` x ``image_size`` (default 32) and scaled to [0, 1]. Eval set: in each class, the
+  sorted paths are permuted with ``numpy.random.RandomState(0)`` (independent of ``seed``) and
+  the last ``round(validation_split * n)`` (at most ``n - 1``) are held out. Mean and std per
+  channel are computed from the train images (in the same pass that checks every file).
+  Augmentation: zero pad by ``image_size // 8`` + random crop, no flip (the folder's content is
+  unknown: text and digits are not mirror-invariant). Every file is decoded once before
+  training: unreadable or corrupt images raise a ``ValueError`` listing all their paths.
+
+``validation_split`` is used by ``folder:`` only (the other datasets have a fixed test split).
+
+Normalisation constants (per channel, pixel values in [0, 1]), from the datasets' train splits:
+CIFAR-10 mean (0.4914, 0.4822, 0.4465) std (0.2470, 0.2435, 0.2616); CIFAR-100 mean
+(0.5071, 0.4865, 0.4409) std (0.2673, 0.2564, 0.2762); SVHN mean (0.4377, 0.4438, 0.4728)
+std (0.1980, 0.2010, 0.1970); ImageNet mean (0.485, 0.456, 0.406) std (0.229, 0.224, 0.225).
+Zero padding is applied before normalisation (the pad is black).
+
+Reproducibility: the shuffle is seeded and augmentation uses stateless random ops fed by a seeded
+``tf.data.Dataset.random`` stream, with ``options.deterministic = True``: the same ``seed`` (and
+the same global TensorFlow seed, e.g. from ``keras.utils.set_random_seed``) gives the same
+sequence of batches, epoch after epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+
+import numpy as np
+import tensorflow as tf
+
+DATASETS = ("cifar10", "cifar100", "svhn", "imagenet2012", "digits")
+FOLDER_PREFIX = "folder:"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+SVHN_MEAN = (0.4377, 0.4438, 0.4728)
+SVHN_STD = (0.1980, 0.2010, 0.1970)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DIGITS_TEST_EXAMPLES = 360
+DIGITS_SPLIT_SEED = 0
+FOLDER_SPLIT_SEED = 0
+DEFAULT_FOLDER_IMAGE_SIZE = 32
+IMAGENET_IMAGE_SIZE = 224
+
+# Decoded datasets up to this size are cached in memory (decoded once, not every epoch).
+_CACHE_BYTES = 1 << 30
+# Seed offset of the augmentation stream, so it differs from the shuffle's.
+_AUGMENT_SEED_OFFSET = 1_000_003
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What a model and a training loop need to know about a loaded dataset."""
+
+    name: str  # "cifar10", ..., "folder:/abs/path"
+    num_classes: int
+    image_shape: tuple  # (H, W, 3) of what the model receives
+    train_examples: int
+    eval_examples: int
+    class_names: tuple | None
+    mean: tuple  # per channel, in [0, 1] pixel units, applied by the pipeline
+    std: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class _TFDSSpec:
+    tfds_name: str
+    train_splits: tuple
+    eval_split: str
+    mean: tuple
+    std: tuple
+    augment: str  # "pad_crop_flip", "none" or "inception"
+    shuffle_buffer: int
+    cache_train: bool  # small enough to keep decoded in memory (then a full shuffle)
+
+
+_TFDS = {
+    "cifar10": _TFDSSpec("cifar10", ("train",), "test", CIFAR10_MEAN, CIFAR10_STD,
+                         "pad_crop_flip", 50_000, True),
+    "cifar100": _TFDSSpec("cifar100", ("train",), "test", CIFAR100_MEAN, CIFAR100_STD,
+                          "pad_crop_flip", 50_000, True),
+    "svhn": _TFDSSpec("svhn_cropped", ("train", "extra"), "test", SVHN_MEAN, SVHN_STD,
+                      "none", 100_000, False),
+    "imagenet2012": _TFDSSpec("imagenet2012", ("train",), "validation", IMAGENET_MEAN,
+                              IMAGENET_STD, "inception", 10_000, False),
+}
+_ALIASES = {"svhn_cropped": "svhn", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+
+
+# ---- validation ---------------------------------------------------------------------------------
+
+
+def check_dataset(spec: str) -> str:
+    """Cheap validation of a dataset spec, before anything heavy; returns the normalised spec.
+
+    A name is matched case-insensitively; an unknown one raises a ``ValueError`` listing the valid
+    names (and close matches). ``folder:PATH`` is normalised to an absolute path and checked: the
+    folder exists, has at least 2 class sub-folders, each holding at least one image file. Image
+    contents are checked by ``load``.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"A dataset must be a string. Received: {spec!r}")
+    if spec.strip().lower().startswith(FOLDER_PREFIX):
+        root = _folder_root(spec)
+        _scan_folder(root)
+        return FOLDER_PREFIX + root
+    name = spec.strip().lower()
+    name = _ALIASES.get(name, name)
+    if name in DATASETS:
+        return name
+    valid = ", ".join(DATASETS + ("folder:PATH",))
+    close = difflib.get_close_matches(name, DATASETS, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"Unknown dataset {spec!r}.{hint} Valid datasets: {valid}.")
+
+
+def _folder_root(spec):
+    path = spec.strip()[len(FOLDER_PREFIX):].strip()
+    if not path:
+        raise ValueError(f"Dataset {spec!r} names no folder: use folder:PATH, with PATH a folder "
+                         "holding one sub-folder of images per class.")
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _is_image(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _scan_folder(root):
+    """``(class_names, [sorted image paths per class])``; ValueError for a bad layout."""
+    layout = ("Expected one sub-folder per class (at least 2), each holding image files "
+              f"({', '.join(IMAGE_EXTENSIONS)}).")
+    if not os.path.exists(root):
+        raise ValueError(f"Dataset folder not found: {root}. {layout}")
+    if not os.path.isdir(root):
+        raise ValueError(f"Dataset path {root} is a file, not a folder. {layout}")
+    entries = sorted(os.listdir(root))
+    classes = [e for e in entries if not e.startswith(".") and os.path.isdir(os.path.join(root, e))]
+    if not classes:
+        loose = [e for e in entries if _is_image(e)]
+        what = (f"holds {len(loose)} image(s) but no class sub-folders: move them into one "
+                "sub-folder per class" if loose else "is empty (no class sub-folders)")
+        raise ValueError(f"Dataset folder {root} {what}. {layout}")
+    if len(classes) < 2:
+        raise ValueError(f"Dataset folder {root} has only one class sub-folder "
+                         f"({classes[0]!r}); a classifier needs at least 2. Add one sub-folder "
+                         "of images per class.")
+    files, empty = [], []
+    for name in classes:
+        class_dir = os.path.join(root, name)
+        found = []
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found += [os.path.join(dirpath, f) for f in filenames
+                      if _is_image(f) and not f.startswith(".")]
+        if not found:
+            empty.append(class_dir)
+        files.append(sorted(found))
+    if empty:
+        raise ValueError(f"Class folder(s) with no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                         f"in {root}: {', '.join(empty)}. Add images to each, or remove it.")
+    return tuple(classes), files
+
+
+def _check_args(batch_size, validation_split, image_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1. Received: {batch_size!r}")
+    if isinstance(validation_split, bool) or not isinstance(
+            validation_split, (int, float, np.floating)) or not 0 < validation_split < 1:
+        raise ValueError("`validation_split` must be a number strictly between 0 and 1. "
+                         f"Received: {validation_split!r}")
+    if image_size is not None and (
+            isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
+            or image_size < 8):
+        raise ValueError(f"`image_size` must be None or an integer >= 8. Received: {image_size!r}")
+
+
+# ---- public entry point -------------------------------------------------------------------------
+
+
+def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = None,
+         validation_split: float = 0.1, augment: bool = True, image_size: int | None = None,
+         ) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
+    """``(train, eval, info)`` for ``spec`` (see the module docstring).
+
+    Args:
+        spec: a name in ``DATASETS`` or ``"folder:PATH"``.
+        batch_size: global batch size, >= 1.
+        seed: seeds the train shuffle and augmentation (not the digits / folder split).
+        data_dir: TFDS ``data_dir`` (ImageNet: where its manual files are, see above).
+        validation_split: fraction of each class held out for eval (``folder:`` only).
+        augment: augment the train set (False: train images are only normalised).
+        image_size: side of the model's input; ``folder:`` (default 32) and ``imagenet2012``
+            (default 224) only; the 32x32 datasets accept None or 32.
+
+    Returns:
+        train and eval datasets of ``(float32 (B, H, W, 3), int64 (B,))`` and a ``DataInfo``.
+    """
+    spec = check_dataset(spec)
+    _check_args(batch_size, validation_split, image_size)
+    seed = int(seed)
+    if spec.startswith(FOLDER_PREFIX):
+        return _load_folder(spec[len(FOLDER_PREFIX):], batch_size, seed, validation_split,
+                            augment, image_size or DEFAULT_FOLDER_IMAGE_SIZE)
+    if spec != "imagenet2012" and image_size not in (None, 32):
+        raise ValueError(f"{spec} images are 32x32: `image_size` must be None or 32. "
+                         f"Received: {image_size!r}")
+    if spec == "digits":
+        return _load_digits(batch_size, seed, augment)
+    return _load_tfds(spec, batch_size, seed, data_dir, augment, image_size)
+
+
+# ---- shared pipeline pieces ---------------------------------------------------------------------
+
+
+def _options(ds):
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+def _normalise(mean, std):
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+
+    def fn(image):
+        return (tf.cast(image, tf.float32) - mean) / std
+
+    return fn
+
+
+def _element_seeds(seed_value):
+    """Two independent stateless seeds (shape [2]) from one int64 of ``Dataset.random``."""
+    return (tf.stack([seed_value, tf.constant(0, tf.int64)]),
+            tf.stack([seed_value, tf.constant(1, tf.int64)]))
+
+
+def _pad_crop(image, seed, pad):
+    shape = tf.shape(image)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    return tf.image.stateless_random_crop(padded, shape, seed=seed)
+
+
+def _finish_train(ds, batch_size, seed, shuffle_buffer, augment_fn, normalise, prepare=None):
+    """shuffle -> augment (``augment_fn(x, random_int64)``; None: ``prepare(x)``, no randomness)
+    -> normalise -> batch(drop_remainder) -> prefetch. Images in [0, 1] before normalising."""
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if augment_fn is None:
+        prepare = prepare or (lambda x: x)
+        ds = ds.map(lambda x, y: (normalise(prepare(x)), tf.cast(y, tf.int64)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        randoms = tf.data.Dataset.random(seed=seed + _AUGMENT_SEED_OFFSET,
+                                         rerandomize_each_iteration=True)
+
+        def fn(example, r):
+            x, y = example
+            return normalise(augment_fn(x, r)), tf.cast(y, tf.int64)
+
+        ds = tf.data.Dataset.zip(ds, randoms).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return _options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def _finish_eval(ds, batch_size, eval_fn):
+    ds = ds.map(lambda x, y: (eval_fn(x), tf.cast(y, tf.int64)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    return _options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def _pad_crop_augment(pad, flip):
+    def fn(image, r):
+        crop_seed, flip_seed = _element_seeds(r)
+        image = _pad_crop(image, crop_seed, pad)
+        if flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        return image
+
+    return fn
+
+
+# ---- digits -------------------------------------------------------------------------------------
+
+
+def digits_split() -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train (1437,), test (360,))`` into ``load_digits_images()``: the fixed split."""
+    from dmr_keras.digits import load_digits_images
+
+    n = len(load_digits_images()[1])
+    perm = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(n)
+    return perm[:n - DIGITS_TEST_EXAMPLES], perm[n - DIGITS_TEST_EXAMPLES:]
+
+
+def _load_digits(batch_size, seed, augment):
+    from dmr_keras.digits import load_digits_images
+
+    images, labels = load_digits_images()
+    train_idx, test_idx = digits_split()
+    x_train, y_train = images[train_idx], labels[train_idx]
+    x_test, y_test = images[test_idx], labels[test_idx]
+    mean = tuple(float(m) for m in x_train.mean(axis=(0, 1, 2), dtype="float64"))
+    std = tuple(float(s) for s in x_train.std(axis=(0, 1, 2), dtype="float64"))
+    normalise = _normalise(mean, std)
+    train = _finish_train(tf.data.Dataset.from_tensor_slices((x_train, y_train)), batch_size,
+                          seed, len(x_train), _pad_crop_augment(4, flip=False) if augment else None,
+                          normalise)
+    test = _finish_eval(tf.data.Dataset.from_tensor_slices((x_test, y_test)), batch_size,
+                        normalise)
+    info = DataInfo("digits", 10, tuple(x_train.shape[1:]), len(x_train), len(x_test),
+                    tuple(str(i) for i in range(10)), mean, std)
+    return train, test, info
+
+
+# ---- TFDS ---------------------------------------------------------------------------------------
+
+
+def _split_examples(info, splits, dataset):
+    """Exact example count from the builder info; the dataset's cardinality if info has none."""
+    try:
+        return sum(int(info.splits[s].num_examples) for s in splits)
+    except (KeyError, ValueError):
+        n = int(dataset.cardinality())
+        if n < 0:
+            raise ValueError(f"TFDS has no example count for {info.name} {'+'.join(splits)}: "
+                             "prepare the dataset (tfds build) and try again.") from None
+        return n
+
+
+def _imagenet_train_fn(size):
+    def fn(encoded, r):
+        box_seed, flip_seed = _element_seeds(r)
+        shape = tf.image.extract_jpeg_shape(encoded)
+        begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+            shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+            seed=box_seed, min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
+        image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+        image = tf.image.resize(image, [size, size], antialias=True) / 255.0
+        return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+    return fn
+
+
+def _imagenet_eval_image(encoded, size):
+    """Shorter side to size * 256 / 224, centre crop size x size, in [0, 1]."""
+    image = tf.io.decode_jpeg(encoded, channels=3)
+    resize = round(size * 256 / 224)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = resize / tf.reduce_min(hw)
+    new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), resize)
+    image = tf.image.resize(image, new_hw, antialias=True)
+    top = (new_hw[0] - size) // 2
+    left = (new_hw[1] - size) // 2
+    return image[top:top + size, left:left + size, :] / 255.0
+
+
+def _imagenet_download_config(data_dir):
+    import tensorflow_datasets as tfds
+
+    if data_dir is None:
+        return tfds.download.DownloadConfig()
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    if os.path.exists(os.path.join(data_dir, "ILSVRC2012_img_train.tar")):
+        manual = data_dir
+    else:
+        manual = os.path.join(data_dir, "downloads", "manual")
+    return tfds.download.DownloadConfig(manual_dir=manual)
+
+
+def _load_tfds(name, batch_size, seed, data_dir, augment, image_size):
+    import tensorflow_datasets as tfds
+
+    spec = _TFDS[name]
+    imagenet = name == "imagenet2012"
+    kwargs = {"as_supervised": True, "data_dir": data_dir, "with_info": True}
+    if imagenet:
+        # Keep the JPEG bytes: shuffle before decoding, and decode only the random crop.
+        kwargs["decoders"] = {"image": tfds.decode.SkipDecoding()}
+        kwargs["download_and_prepare_kwargs"] = {
+            "download_config": _imagenet_download_config(data_dir)}
+    train_split = "+".join(spec.train_splits)
+    train, tinfo = tfds.load(
+        spec.tfds_name, split=train_split, shuffle_files=not spec.cache_train,
+        read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False), **kwargs)
+    test, _ = tfds.load(spec.tfds_name, split=spec.eval_split, shuffle_files=False,
+                        read_config=tfds.ReadConfig(try_autocache=False), **kwargs)
+    train_examples = _split_examples(tinfo, spec.train_splits, train)
+    eval_examples = _split_examples(tinfo, (spec.eval_split,), test)
+    label = tinfo.features["label"]
+    normalise = _normalise(spec.mean, spec.std)
+
+    if imagenet:
+        size = image_size or IMAGENET_IMAGE_SIZE
+        augment_fn = _imagenet_train_fn(size) if augment else None
+
+        def to_float(encoded):
+            return _imagenet_eval_image(encoded, size)
+    else:
+        size = 32
+
+        def to_float(image):
+            return tf.cast(image, tf.float32) / 255.0
+
+        augment_fn = None
+        if augment and spec.augment == "pad_crop_flip":
+            pad_crop = _pad_crop_augment(4, flip=True)
+
+            def augment_fn(image, r):
+                return pad_crop(to_float(image), r)
+
+        if spec.cache_train:
+            train = train.cache()
+        test = test.cache()
+    shape = (size, size, 3)
+    buffer = min(spec.shuffle_buffer, train_examples)
+    train = _finish_train(train, batch_size, seed, max(buffer, 1), augment_fn, normalise,
+                          to_float)
+    test = _finish_eval(test, batch_size, lambda x: normalise(to_float(x)))
+    names = tuple(label.names) if getattr(label, "names", None) else None
+    info = DataInfo(name, int(label.num_classes), shape, train_examples, eval_examples, names,
+                    tuple(spec.mean), tuple(spec.std))
+    return train, test, info
+
+
+# ---- folder -------------------------------------------------------------------------------------
+
+
+def folder_split(files_per_class, validation_split):
+    """``(train, eval)`` lists of ``(path, label)``: in each class, a fixed permutation
+    (``RandomState(0)``, independent of the training seed) of the sorted paths; the last
+    ``round(validation_split * n)`` (at most ``n - 1``) are held out."""
+    train, held_out = [], []
+    for label, paths in enumerate(files_per_class):
+        paths = sorted(paths)
+        n = len(paths)
+        n_eval = min(round(validation_split * n), n - 1)
+        perm = np.random.RandomState(FOLDER_SPLIT_SEED).permutation(n)
+        train += [(paths[i], label) for i in perm[:n - n_eval]]
+        held_out += [(paths[i], label) for i in perm[n - n_eval:]]
+    return train, held_out
+
+
+def _decode_resize(path, size):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [size, size], antialias=True)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _scan_images(paths, is_train, size):
+    """Decode every file once (tf.data, in parallel): ``(bad paths, mean, std)``, the statistics
+    per channel over the readable train images. A file that fails to read or decode is dropped by
+    ``ignore_errors``; the bad ones are those missing from what comes out."""
+
+    def stats(index, path, train):
+        image = _decode_resize(path, size)
+        flat = tf.reshape(image, [-1, 3])
+        weight = tf.cast(train, tf.float32)
+        return (index, weight * tf.reduce_sum(flat, 0), weight * tf.reduce_sum(flat * flat, 0),
+                weight * tf.cast(tf.shape(flat)[0], tf.float32))
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(paths), dtype="int64"), list(paths), np.asarray(is_train, dtype=bool)))
+    ds = ds.map(stats, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.ignore_errors(log_warning=False).batch(1024).prefetch(tf.data.AUTOTUNE)
+    good = np.zeros(len(paths), dtype=bool)
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0.0
+    for index, s, sq, c in ds.as_numpy_iterator():
+        good[index] = True
+        total += s.sum(0, dtype="float64")
+        total_sq += sq.sum(0, dtype="float64")
+        count += float(c.sum(dtype="float64"))
+    bad = [p for p, ok in zip(paths, good) if not ok]
+    if count == 0:
+        return bad, (0.5,) * 3, (0.25,) * 3
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return bad, tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
+
+
+def _load_folder(root, batch_size, seed, validation_split, augment, size):
+    class_names, files = _scan_folder(root)
+    train_items, eval_items = folder_split(files, validation_split)
+    if not eval_items:
+        raise ValueError(f"Dataset folder {root}: `validation_split={validation_split}` holds out "
+                         f"no image ({len(train_items)} images). Raise it or add images.")
+    paths = [p for p, _ in train_items] + [p for p, _ in eval_items]
+    is_train = [True] * len(train_items) + [False] * len(eval_items)
+    bad, mean, std = _scan_images(paths, is_train, size)
+    if bad:
+        listing = "\n  ".join(bad)
+        raise ValueError(f"{len(bad)} unreadable or corrupt image file(s) in {root} (fix or "
+                         f"remove them):\n  {listing}")
+    normalise = _normalise(mean, std)
+    # Small sets are decoded once and kept in memory; larger ones are decoded every epoch, after
+    # the shuffle (which then holds paths, not images).
+    cache = len(paths) * size * size * 3 * 4 <= _CACHE_BYTES
+
+    def decode(path):
+        return _decode_resize(path, size)
+
+    def items_dataset(items, decoded):
+        ds = tf.data.Dataset.from_tensor_slices(
+            ([p for p, _ in items], np.array([y for _, y in items], dtype="int64")))
+        if decoded:
+            ds = ds.map(lambda p, y: (decode(p), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.cache() if cache else ds
+
+    prepare = None if cache else decode
+    augment_fn = None
+    if augment:
+        pad_crop = _pad_crop_augment(max(size // 8, 1), flip=False)
+
+        def augment_fn(x, r):
+            return pad_crop(x if cache else decode(x), r)
+
+    train = _finish_train(items_dataset(train_items, decoded=cache), batch_size, seed,
+                          len(train_items), augment_fn, normalise, prepare)
+    test = _finish_eval(items_dataset(eval_items, decoded=True), batch_size, normalise)
+    info = DataInfo(FOLDER_PREFIX + root, len(class_names), (size, size, 3), len(train_items),
+                    len(eval_items), class_names, mean, std)
+    return train, test, info

@@ -15,7 +15,7 @@ def _readme_commands():
 def test_ci_runs_the_readme_test_command():
     main_cmd, test_cmd = _readme_commands()[:2]
     assert "pytest" in test_cmd and "python3 -m venv" in test_cmd and "pip install" in test_cmd
-    assert "python3 -m venv" in main_cmd and "dmr-demo" in main_cmd
+    assert "python3 -m venv" in main_cmd and "dmr-train" in main_cmd and "digits" in main_cmd
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_cmd in ci_lines
 

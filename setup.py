@@ -16,6 +16,7 @@ setup(
     packages=find_packages(include=["dmr_keras", "dmr_keras.*", "zoo", "zoo.*", "tuning",
                                     "tuning.*"]),
     include_package_data=True,
+    package_data={"zoo": ["weights.json", "weights/*.weights.h5"]},
     install_requires=[
         "keras>=3",
         "numpy",
@@ -29,10 +30,16 @@ setup(
     ],
     extras_require={
         "jax": ["jax"],
-        "dev": ["pytest", "pytest-timeout", "jax"],
+        "export": ["tf2onnx>=1.17", "onnx>=1.14", "onnxruntime>=1.13"],
+        "dev": ["pytest", "pytest-timeout", "jax", "tf2onnx>=1.17", "onnx>=1.14",
+                "onnxruntime>=1.13"],
     },
     entry_points={
-        "console_scripts": ["dmr-demo=zoo.demo:main", "dmr-train=zoo.train:main"],
+        "console_scripts": [
+            "dmr-demo=zoo.demo:main",
+            "dmr-train=zoo.train:main",
+            "dmr-zoo=zoo.cli:main",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

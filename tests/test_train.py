@@ -227,3 +227,42 @@ def test_bad_folders_fail_before_training(layout, tmp_path):
 def test_cli_reports_errors_without_traceback(capsys):
     assert main(["--dataset", "mnist", "--epochs", "1"]) == 2
     assert "dmr-train: error:" in capsys.readouterr().err
+
+
+def test_publish_a_run_and_load_it_by_tag(digits_run, tmp_path, monkeypatch):
+    import zoo
+    from zoo.cli import publish
+
+    out, metrics = digits_run
+    manifest = tmp_path / "manifest.json"
+    entry = publish(out, "mytag", manifest=manifest, dest=tmp_path / "w")
+    assert entry.key == "dmrnet_8_tiny.mytag"
+    assert entry.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert entry.classes == 10 and tuple(entry.input_shape) == (32, 32, 3)
+    assert (tmp_path / "w" / entry.file_name).is_file()
+    monkeypatch.setenv("DMR_KERAS_MANIFESTS", str(manifest))
+    monkeypatch.setenv("DMR_KERAS_MIRROR", str(tmp_path / "w"))
+    monkeypatch.setenv("DMR_KERAS_HOME", str(tmp_path / "cache"))
+    assert "dmrnet_8_tiny.mytag" in zoo.list_models(pretrained=True)
+    model = zoo.create_model("dmrnet_8_tiny.mytag")
+    reference = keras.saving.load_model(out / "model.keras")
+    x = np.random.default_rng(0).random((4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(model(x, training=False)),
+                               np.asarray(reference(x, training=False)), atol=1e-6)
+
+
+def test_finetune_from_a_zoo_tag(tmp_path):
+    import zoo
+
+    folder = _digit_folder(tmp_path / "png")
+    out = tmp_path / "ft"
+    metrics = train(model="dmrnet_8_tiny", dataset=f"folder:{folder}", epochs=2, batch_size=16,
+                    init_weights="dmrnet_8_tiny.digits", freeze_backbone=True, output=str(out),
+                    verbose=0)
+    tuned = keras.saving.load_model(out / "model.keras")
+    source = zoo.create_model("dmrnet_8_tiny.digits")
+    for name in ("stem_conv", "stage3_block1"):
+        for a, b in zip(tuned.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert tuned.output_shape == (None, 3)
+    assert metrics["test_accuracy"] > 0.6  # 3 classes: chance is 1/3

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import zoo
+from dmr_keras.flops import count_macs
 from tests.helpers import run_model_test
 
 ALL = zoo.list_models()
@@ -42,6 +43,7 @@ def test_variant_parameter_count(name):
     info = zoo.model_info(name)
     model = zoo.create_model(name)
     assert _trainable(model) == info["params"]
+    assert count_macs(model) == info["macs"] and info["flops"] == 2 * info["macs"]
     assert model.output_shape == (None, info["classes"])
     target = info.get("reference_params") or info["paper"].get("params")
     if target:

@@ -1,6 +1,7 @@
 """Registry machinery: ``list_models``, ``create_model``, ``model_info``.
 
-The table of variants is data, in ``zoo/variants.py``.
+The table of variants is data, in ``zoo/variants.py``; pretrained weights are described by the
+manifest of ``zoo/weights.py``. Names may carry a weight tag, timm style: ``dmrnet_8_tiny.digits``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import dataclasses
 import difflib
 import fnmatch
 import inspect
+import json
+from pathlib import Path
 
 import keras
 
@@ -22,6 +25,7 @@ class Variant:
     name: str
     config: dict
     params: int
+    macs: int = 0
     description: str = ""
     paper: dict = dataclasses.field(default_factory=dict)
     reference_params: float | None = None
@@ -36,6 +40,18 @@ def _variants() -> dict:
     return VARIANTS
 
 
+def _manifest() -> dict:
+    from zoo import weights
+
+    return weights.load_manifest()
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"dmrnet_56.cifar10"`` -> ``("dmrnet_56", "cifar10")``; no tag -> ``(name, None)``."""
+    model, _, tag = str(name).partition(".")
+    return model, (tag or None)
+
+
 def get_variant(name: str) -> Variant:
     """The registered :class:`Variant` for ``name``; ``ValueError`` listing close matches."""
     variants = _variants()
@@ -48,45 +64,151 @@ def get_variant(name: str) -> Variant:
     )
 
 
-def list_models(pattern: str = "*") -> list[str]:
+def weight_tags(name: str) -> list[str]:
+    """The pretrained weight tags registered for a model name."""
+    return sorted(e.tag for e in _manifest().values() if e.model == name)
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     """Registered model names matching a shell-style wildcard, sorted.
+
+    With ``pretrained=True``: the ``name.tag`` keys that have weights (timm style).
 
     Example:
     >>> list_models("dilnet_*")
     ['dilnet_56']
     """
+    if pretrained:
+        keys = [k for k, e in _manifest().items() if e.model in _variants()]
+        return sorted(k for k in keys
+                      if fnmatch.fnmatchcase(k, pattern)
+                      or fnmatch.fnmatchcase(split_name(k)[0], pattern))
     return sorted(n for n in _variants() if fnmatch.fnmatchcase(n, pattern))
 
 
-def create_model(name: str, **overrides) -> keras.Model:
-    """Build a registered variant; ``overrides`` are :func:`dmr_keras.build_model` arguments.
+def resolve_weights(name: str, weights) -> tuple[Path, int, object]:
+    """``(file, classes of its head, manifest entry or None)`` for a tag or a file path."""
+    from dmr_keras.training import head_classes_in_weights_file
+    from zoo import weights as weights_lib
+
+    manifest = _manifest()
+    key = f"{name}.{weights}"
+    if key in manifest:
+        entry = manifest[key]
+        return weights_lib.resolve(entry), entry.classes, entry
+    path = Path(str(weights)).expanduser()
+    if path.suffix in (".h5", ".keras") or "/" in str(weights):
+        if not path.exists():
+            raise ValueError(f"The `weights` file does not exist: {path}")
+        if str(path).endswith(".weights.h5"):
+            return path, head_classes_in_weights_file(path), None
+        if path.suffix == ".keras":
+            model = keras.saving.load_model(path)
+            return path, int(model.output_shape[-1]), None
+        raise ValueError(f"`weights` must be a .weights.h5 or .keras file. Received: {path}")
+    tags = weight_tags(name)
+    raise ValueError(
+        "The `weights` argument should be None, a registered tag for "
+        f"{name} ({', '.join(repr(t) for t in tags) or 'none registered yet'}), or the path to "
+        f"a .weights.h5 / .keras file. Received: weights={weights!r}"
+    )
+
+
+def _load_local(path: Path) -> keras.Model:
+    """A tuned or trained model saved as ``.keras``, or a local manifest pointing to one."""
+    if path.suffix == ".json":
+        try:
+            record = json.loads(path.read_text())
+            target = Path(record["model_path"])
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{path} is not a model manifest with 'model_path': {err}") from err
+        path = target if target.is_absolute() else path.parent / target
+    if not path.exists():
+        raise ValueError(f"Model file not found: {path}")
+    return keras.saving.load_model(path)
+
+
+def create_model(model_name: str, weights=None, **overrides) -> keras.Model:
+    """Build a registered variant, optionally with pretrained weights (timm / keras-hub style).
+
+    Args:
+        model_name: a registered name (``list_models()``), optionally with a weight tag
+            (``"dmrnet_8_tiny.digits"``), or the path of a ``.keras`` file or of a local
+            manifest (``best.json`` from ``dmr-tune``) to load a saved model as it is.
+        weights: ``None`` (random init), a registered tag, or a ``.weights.h5`` / ``.keras``
+            file of the same architecture.
+        **overrides: :func:`dmr_keras.build_model` arguments (``classes``, ``include_top``,
+            ``pooling``, ``input_shape``, ...). With weights and a class count other than the
+            weights' (or ``include_top=False``), the backbone is loaded and a new head built.
 
     Example:
     >>> model = create_model("dmrnet_14", classes=5, input_shape=(None, None, 3))
     >>> model.output_shape
     (None, 5)
     """
-    variant = get_variant(name)
+    if str(model_name).endswith((".keras", ".json")) and not overrides and weights is None:
+        return _load_local(Path(model_name))
+    base, tag = split_name(model_name)
+    if tag is not None:
+        if weights not in (None, tag):
+            raise ValueError(f"{model_name!r} names the weights {tag!r}; `weights`={weights!r} "
+                             "contradicts it. Pass one of them.")
+        weights = tag
+    variant = get_variant(base)
     unknown = set(overrides) - _BUILDER_ARGS
     if unknown:
         raise ValueError(
-            f"Unknown argument(s) for create_model({name!r}): {sorted(unknown)}. "
+            f"Unknown argument(s) for create_model({model_name!r}): {sorted(unknown)}. "
             f"Valid: {sorted(_BUILDER_ARGS)}"
         )
-    kwargs = {**variant.config, "name": name, **overrides}
+    kwargs = {**variant.config, "name": base, **overrides}
     if "blocks" in overrides and "depth" not in overrides:
         kwargs.pop("depth", None)
-    return build_model(**kwargs)
+    if weights is None:
+        return build_model(**kwargs)
+
+    path, weight_classes, _ = resolve_weights(base, weights)
+    shape = kwargs.get("input_shape")
+    if shape is not None and shape[-1] != 3:
+        raise ValueError(
+            f"The weights {weights!r} take 3-channel images; input_shape={tuple(shape)!r} has "
+            f"{shape[-1]}. Use 3 channels or weights=None."
+        )
+    model = build_model(**kwargs)
+    load_pretrained(model, variant, path, weight_classes)
+    return model
+
+
+def load_pretrained(model: keras.Model, variant: Variant, path, weight_classes: int,
+                    skip_head: bool | None = None) -> list:
+    """Load a weights file into ``model`` by layer name. The head is loaded when it fits
+    (``skip_head=None``), always skipped (``True``: fine-tuning) or required (``False``)."""
+    from dmr_keras.training import transfer_weights
+
+    path = Path(path)
+    if path.suffix == ".keras":
+        source = keras.saving.load_model(path)
+    else:
+        source_kwargs = {**variant.config, "name": variant.name, "classes": weight_classes}
+        source = build_model(**source_kwargs)
+        source.load_weights(path)
+    if skip_head is None:
+        skip_head = not ("predictions" in [layer.name for layer in model.layers]
+                         and model.get_layer("predictions").units == weight_classes)
+    return transfer_weights(source, model, skip=("predictions",) if skip_head else ())
 
 
 def model_info(name: str) -> dict:
     """The model card of a registered variant, as a plain dict.
 
-    Keys: name, description, params (trainable, paper convention), depth, width,
-    num_branches (K), mapping, form, block_type, blocks, input_shape, classes, paper (the
-    paper's name, rounded parameter count and test errors in %, where it reports them).
+    Keys: name, description, params (trainable, paper convention), macs and flops per image,
+    depth, width, num_branches (K), mapping, form, block_type, blocks, input_shape, classes,
+    paper (the paper's name, rounded parameter count and test errors in %, where it reports
+    them), and weights: for each tag, its dataset, measured metrics, input shape,
+    preprocessing and the command that produced it.
     """
-    v = get_variant(name)
+    model_name, _ = split_name(name)
+    v = get_variant(model_name)
     cfg = v.config
     form = cfg["form"]
     block_type = cfg.get("block_type") or _DEFAULTS[form]["block_type"]
@@ -95,6 +217,8 @@ def model_info(name: str) -> dict:
         "name": v.name,
         "description": v.description,
         "params": v.params,
+        "macs": v.macs,
+        "flops": 2 * v.macs,
         "depth": model_depth(blocks, block_type),
         "width": cfg.get("width", 1),
         "num_branches": cfg.get("num_branches", 1 if cfg["mapping"] == "resnet" else 2),
@@ -105,6 +229,20 @@ def model_info(name: str) -> dict:
         "input_shape": list(_DEFAULTS[form]["input_shape"]),
         "classes": _DEFAULTS[form]["classes"],
         "paper": dict(v.paper),
+        "weights": {
+            e.tag: {
+                "dataset": e.dataset,
+                "metrics": dict(e.metrics),
+                "classes": e.classes,
+                "input_shape": list(e.input_shape),
+                "preprocessing": dict(e.preprocessing),
+                "command": e.command,
+                "sha256": e.sha256,
+                "license": e.license,
+            }
+            for e in _manifest().values()
+            if e.model == v.name
+        },
     }
     if v.reference_params is not None:
         info["reference_params"] = v.reference_params

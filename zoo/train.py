@@ -82,7 +82,12 @@ def train(
                          f"{', '.join(training.SCHEDULES)}")
     distribute.check_strategy_name(strategy)
     if init_weights is not None and not Path(init_weights).exists():
-        raise ValueError(f"`init_weights` file not found: {init_weights}")
+        from zoo.weights import load_manifest
+
+        if init_weights not in load_manifest():
+            raise ValueError(
+                f"`init_weights` file not found, and not a registered weights key "
+                f"(dmr-zoo list): {init_weights!r}")
     if freeze_backbone and init_weights is None:
         raise ValueError("`freeze_backbone` needs `init_weights`: a frozen random backbone "
                          "learns nothing.")
@@ -180,6 +185,9 @@ def train(
             if wall > 0 and epochs > initial_epoch else None,
             trainable_params=int(sum(math.prod(w.shape) for w in net.trainable_weights)),
             history=history, hparams=hparams, command=training.command_line(),
+            data=dict(num_classes=info.num_classes, image_shape=list(info.image_shape),
+                      mean=list(info.mean), std=list(info.std),
+                      class_names=list(info.class_names) if info.class_names else None),
             backend=keras.backend.backend(),
         )
         if _is_chief(plan):
@@ -197,24 +205,34 @@ def train(
         keras.config.set_dtype_policy(previous_policy)
 
 
+def _init_source(init_weights: str, model: str):
+    """(variant, weights file, head classes) for ``--init-weights``: a file or a zoo key."""
+    from zoo.registry import get_variant, resolve_weights, split_name
+    from zoo.weights import load_manifest
+
+    if Path(init_weights).exists():
+        source_model, weights = model, init_weights
+    elif init_weights in load_manifest():
+        source_model, weights = split_name(init_weights)
+    else:
+        raise ValueError(
+            f"`init_weights` must be a .weights.h5 / .keras file or a registered weights key "
+            f"(dmr-zoo list; e.g. dmrnet_8_tiny.digits). Received: {init_weights!r}"
+        )
+    path, classes, _ = resolve_weights(source_model, weights)
+    return get_variant(source_model), path, classes
+
+
 def _build(name, info, weight_decay, init_weights, freeze, create_model, training):
-    import keras
+    from zoo.registry import load_pretrained
 
     reg = training.kernel_weight_decay(weight_decay)
     net = create_model(name, classes=info.num_classes, input_shape=info.image_shape,
                        kernel_regularizer=reg)
     if init_weights:
-        path = str(init_weights)
-        if path.endswith(".keras"):
-            source = keras.saving.load_model(path)
-        elif path.endswith(".weights.h5"):
-            source = create_model(name, classes=training.head_classes_in_weights_file(path),
-                                  input_shape=info.image_shape)
-            source.load_weights(path)
-        else:
-            raise ValueError(f"`init_weights` must be a .keras or .weights.h5 file: {path}")
-        copied = training.transfer_weights(source, net)
-        print(f"Initialised {len(copied)} layers from {path}; new head for "
+        variant, path, classes = _init_source(init_weights, name)
+        copied = load_pretrained(net, variant, path, classes, skip_head=True)
+        print(f"Initialised {len(copied)} layers from {init_weights}; new head for "
               f"{info.num_classes} classes.")
         if freeze:
             training.freeze_backbone(net)
@@ -258,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed_float16 on GPU, mixed_bfloat16 otherwise")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--output", default=None, help="run directory (default runs/MODEL-DATASET)")
-    p.add_argument("--init-weights", default=None, help=".keras or .weights.h5 to start from")
+    p.add_argument("--init-weights", default=None,
+                   help=".keras / .weights.h5 file or a zoo weights key "
+                        "(e.g. dmrnet_8_tiny.digits)")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="train only the new head (needs --init-weights)")
     p.add_argument("--data-dir", default=None, help="TFDS data_dir (ImageNet: manual files)")

@@ -1,8 +1,10 @@
 """The named variants: data only. Each entry is the builder's arguments plus the paper's figures.
 
 ``params`` is the trainable parameter count (the convention of the paper, timm and PyTorch:
-BatchNorm's moving statistics are not parameters) of the model with its default head; the tests
-rebuild every variant and compare. ``paper`` holds what ``shared/PAPER.md`` reports: rounded
+BatchNorm's moving statistics are not parameters) of the model with its default head, and
+``macs`` its multiply-accumulates per image at the default input size
+(:func:`dmr_keras.flops.count_macs`; FLOPs = 2 x MACs); the tests rebuild every variant and
+compare both. ``paper`` holds what ``shared/PAPER.md`` reports: rounded
 parameter counts and test errors in percent (ImageNet: single-crop top-1 / top-5).
 """
 
@@ -17,6 +19,7 @@ VARIANTS: dict[str, Variant] = {
             "dmrnet_56",
             dict(form="cifar", depth=56, width=1, num_branches=2, mapping="merge_and_run"),
             params=1_710_426,
+            macs=251_052_672,
             description="DMRNet-56 (DFN-MR1): 2 streams of 9 basic blocks per stage, w = 1.",
             paper=dict(name="DMRNet (DFN-MR1)", params=1.7e6,
                        errors={_C10: 4.94, _C100: 24.46, _SVHN: 1.66}),
@@ -25,6 +28,7 @@ VARIANTS: dict[str, Variant] = {
             "dmrnet_32_w4",
             dict(form="cifar", depth=32, width=4, num_branches=2, mapping="merge_and_run"),
             params=14_851_402,
+            macs=2_199_587_328,
             description="DFN-MR2: 2 streams of 5 basic blocks per stage, w = 4.",
             paper=dict(name="DFN-MR2", params=14.9e6,
                        errors={_C10: 3.94, _C100: 19.25, _SVHN: 1.51}),
@@ -33,6 +37,7 @@ VARIANTS: dict[str, Variant] = {
             "dmrnet_50_w4",
             dict(form="cifar", depth=50, width=4, num_branches=2, mapping="merge_and_run"),
             params=24_151_882,
+            macs=3_558_541_824,
             description="DMRNet-Wide (DFN-MR3): 2 streams of 8 basic blocks per stage, w = 4.",
             paper=dict(name="DMRNet-Wide (DFN-MR3)", params=24.8e6,
                        errors={_C10: 3.57, _C100: 19.00, _SVHN: 1.55}),
@@ -45,6 +50,7 @@ VARIANTS: dict[str, Variant] = {
             "dilnet_56",
             dict(form="cifar", depth=56, width=1, num_branches=2, mapping="identity"),
             params=1_707_674,
+            macs=250_790_528,
             description="DILNet-56: one stream, 2 branches per block, identity mappings only.",
             paper=dict(name="DILNet (DFN-IL)", params=1.7e6),
         ),
@@ -52,6 +58,7 @@ VARIANTS: dict[str, Variant] = {
             "resnet_110",
             dict(form="cifar", depth=110, width=1, num_branches=1, mapping="resnet"),
             params=1_730_714,
+            macs=253_149_824,
             description="ResNet-110: the baseline with DMRNet-56's parameter count.",
             paper=dict(name="ResNet-110", params=1.7e6),
         ),
@@ -59,6 +66,7 @@ VARIANTS: dict[str, Variant] = {
             "dmrnet_38_k3",
             dict(form="cifar", depth=38, width=1, num_branches=3, mapping="merge_and_run"),
             params=1_690_138,
+            macs=248_955_520,
             description="DMRNet-38 with K = 3 streams of 6 blocks: dmrnet_56's parameter budget.",
             paper=dict(name="DMRNet, K = 3", params=1.7e6),
         ),
@@ -66,24 +74,28 @@ VARIANTS: dict[str, Variant] = {
             "dmrnet_20",
             dict(form="cifar", depth=20, width=1, num_branches=2, mapping="merge_and_run"),
             params=543_834,
+            macs=81_183_360,
             description="Small DMRNet-20 (3 blocks per stage) for demos and quick runs.",
         ),
         Variant(
             "dmrnet_14",
             dict(form="cifar", depth=14, width=1, num_branches=2, mapping="merge_and_run"),
             params=349_402,
+            macs=52_871_808,
             description="Tiny DMRNet-14 (2 blocks per stage) for demos and tests.",
         ),
         Variant(
             "dmrnet_8_tiny",
             dict(form="cifar", depth=8, width=0.5, num_branches=2, mapping="merge_and_run"),
             params=39_346,
+            macs=6_250_816,
             description="DMRNet-8 at w = 0.5 (8-16-32 channels, 1 block per stage): for tests.",
         ),
         Variant(
             "dmrnet_44_imagenet",
             dict(form="imagenet2016", depth=44, width=1, num_branches=2, mapping="merge_and_run"),
             params=43_338_024,
+            macs=7_184_842_752,
             description="ImageNet DMRNet (2016): 2 streams of bottleneck blocks 2-2-8-2.",
             paper=dict(name="DMRNet (ImageNet, 2016)", params=43.3e6, errors={"imagenet": 23.66}),
         ),
@@ -91,6 +103,7 @@ VARIANTS: dict[str, Variant] = {
             "dmrnet_50_imagenet",
             dict(form="imagenet2018", depth=50, width=1, num_branches=2, mapping="merge_and_run"),
             params=46_395_112,
+            macs=7_341_031_424,
             description="DMRNet-50 (IJCAI 2018): blocks 1-2-11-2, streams concatenated.",
             paper=dict(name="DMRNet-50", params=46.4e6, errors={"imagenet": 23.16},
                        top5_errors={"imagenet": 6.61}),
@@ -99,6 +112,7 @@ VARIANTS: dict[str, Variant] = {
             "resnet_101_imagenet",
             dict(form="imagenet2016", depth=101, width=1, num_branches=1, mapping="resnet"),
             params=44_549_160,
+            macs=7_801_405_440,
             description="ResNet-101, the ImageNet baseline, built from the same parts.",
             paper=dict(name="ResNet-101", params=44.5e6, errors={"imagenet": 26.41}),
         ),

@@ -1,0 +1,139 @@
+"""keras.applications-style functions for every registered variant, generated from the table.
+
+``DMRNet56(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+classes=None, classifier_activation="softmax", name="dmrnet_56")`` and one such function per
+variant (``DMRNet32W4``, ``DILNet56``, ``ResNet110``, ``DMRNet38K3``, ``DMRNet44ImageNet``,
+``DMRNet50ImageNet``, ``ResNet101ImageNet``, ...), with keras.applications' errors:
+``ValueError`` for unknown weights, a pretrained head with another class count, a classifier
+activation other than softmax/None on a pretrained head, and a channel count the weights cannot
+take. ``classes=None`` means the weights' class count, or the form's default (10 for CIFAR
+forms, 1000 for ImageNet) without weights. :func:`preprocess_input` and
+:func:`decode_predictions` use the preprocessing and class names stored with each weights entry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zoo.registry import _variants, create_model, get_variant, resolve_weights, split_name
+
+_PREFIX = {"dmrnet": "DMRNet", "dilnet": "DILNet", "resnet": "ResNet"}
+_WORDS = {"imagenet": "ImageNet", "tiny": "Tiny"}
+
+
+def function_name(variant_name: str) -> str:
+    """``dmrnet_32_w4`` -> ``DMRNet32W4``, ``resnet_101_imagenet`` -> ``ResNet101ImageNet``."""
+    head, *rest = variant_name.split("_")
+    return _PREFIX[head] + "".join(_WORDS.get(p, p.upper() if p[0] in "wk" else p) for p in rest)
+
+
+def _check_pretrained_head(weights, include_top, classes, classifier_activation, entry_classes):
+    if not include_top:
+        return
+    if classes is not None and classes != entry_classes:
+        raise ValueError(
+            f"If using `weights={weights!r}` with `include_top=True`, `classes` should be "
+            f"{entry_classes}. Received: classes={classes}. For another class count use "
+            "include_top=False and your own head, or zoo.create_model(..., classes=N), which "
+            "builds a new head on the pretrained backbone."
+        )
+    if classifier_activation not in (None, "softmax"):
+        raise ValueError(
+            "Only `None` and `softmax` activations are allowed for the `classifier_activation` "
+            "argument when using pretrained weights, with `include_top=True`; Received: "
+            f"classifier_activation={classifier_activation!r}"
+        )
+
+
+def _make(variant_name: str):
+    def application(
+        include_top: bool = True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes: int | None = None,
+        classifier_activation="softmax",
+        name: str = variant_name,
+    ):
+        kwargs = dict(include_top=include_top, input_tensor=input_tensor,
+                      input_shape=input_shape, pooling=pooling,
+                      classifier_activation=classifier_activation, name=name)
+        if weights is not None:
+            _, entry_classes, _ = resolve_weights(variant_name, weights)
+            _check_pretrained_head(weights, include_top, classes, classifier_activation,
+                                   entry_classes)
+            classes = entry_classes if include_top else classes
+        if classes is not None:
+            kwargs["classes"] = classes
+        return create_model(variant_name, weights=weights, **kwargs)
+
+    variant = get_variant(variant_name)
+    application.__name__ = application.__qualname__ = function_name(variant_name)
+    application.__doc__ = f"""Instantiate {variant.description or variant_name}
+
+    keras.applications-style constructor for the registered model ``{variant_name!r}``
+    (``zoo.model_info({variant_name!r})`` has its card).
+
+    Args:
+        include_top: whether to include the global pooling and classifier.
+        weights: ``None`` (random initialization), a registered tag for this model
+            (``zoo.list_models({variant_name!r}, pretrained=True)``), or the path to a
+            ``.weights.h5`` / ``.keras`` file.
+        input_tensor: optional Keras tensor to use as the image input.
+        input_shape: optional ``(H, W, C)``; ``(None, None, 3)`` for any size.
+        pooling: with ``include_top=False``: ``None``, ``"avg"`` or ``"max"``.
+        classes: classifier outputs; ``None`` means the weights' (or the form's default).
+        classifier_activation: ``"softmax"`` or ``None`` (logits) with pretrained weights.
+        name: model name.
+
+    Returns:
+        A ``keras.Model``.
+    """
+    return application
+
+
+APPLICATIONS = {function_name(n): _make(n) for n in _variants()}
+globals().update(APPLICATIONS)
+__all__ = sorted(APPLICATIONS) + ["decode_predictions", "preprocess_input"]
+
+
+def _entry(weights: str):
+    from zoo.weights import load_manifest
+
+    manifest = load_manifest()
+    if weights not in manifest:
+        model, tag = split_name(weights)
+        raise ValueError(
+            f"Unknown weights {weights!r}: pass a 'model.tag' key with weights, one of "
+            f"{', '.join(sorted(manifest)) or 'none registered'}."
+        )
+    return manifest[weights]
+
+
+def preprocess_input(x, weights: str):
+    """Images with values in [0, 255] (``(..., H, W, 3)``) -> what ``weights`` expects.
+
+    ``weights`` is a ``"model.tag"`` key; its stored preprocessing (scale to [0, 1], then
+    per-channel ``(x - mean) / std``) is applied. Returns float32 NumPy.
+    """
+    pre = _entry(weights).preprocessing
+    x = np.asarray(x, dtype="float32") / 255.0
+    return (x - np.asarray(pre["mean"], "float32")) / np.asarray(pre["std"], "float32")
+
+
+def decode_predictions(preds, weights: str, top: int = 5) -> list:
+    """For each row of ``preds``: the ``top`` ``(class_index, class_name, score)`` tuples."""
+    entry = _entry(weights)
+    preds = np.asarray(preds)
+    if preds.ndim != 2 or preds.shape[1] != entry.classes:
+        raise ValueError(
+            f"`decode_predictions` expects a batch of predictions of shape (samples, "
+            f"{entry.classes}) for {weights!r}. Received shape {preds.shape}"
+        )
+    names = entry.class_names or tuple(str(i) for i in range(entry.classes))
+    result = []
+    for row in preds:
+        order = np.argsort(row)[::-1][:top]
+        result.append([(int(i), names[i], float(row[i])) for i in order])
+    return result

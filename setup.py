@@ -39,6 +39,7 @@ setup(
             "dmr-demo=zoo.demo:main",
             "dmr-train=zoo.train:main",
             "dmr-zoo=zoo.cli:main",
+            "dmr-tune=tuning.search:main",
         ],
     },
     classifiers=[

@@ -1,0 +1,344 @@
+"""`DMRHyperModel`: a keras-tuner search space over CIFAR-form DMRNet / DILNet / ResNet models.
+
+Hyperparameters (keras-tuner names), each a ``Choice`` over a constructor argument's list:
+
+- ``n`` (``depths_n``): blocks per stage, depth 6n+2; ``width`` (``widths``): multiplier w,
+  stages of 16w, 32w, 64w channels; ``branches`` (``branches``): K;
+- ``mapping`` (``mappings``, default ``("merge_and_run",)``: off). With ``"resnet"`` in the
+  list, ``branches`` lives in a conditional scope that is inactive for ResNet, which has K = 1;
+- ``lr`` (``lrs``), ``weight_decay`` (``weight_decays``): SGD with Nesterov momentum 0.9 and
+  weight decay on kernels (the package's training recipe);
+- ``batch_size`` (``batch_sizes``): picked by :meth:`DMRHyperModel.fit`, which batches the data
+  itself (see there for the accepted inputs).
+
+Parameter counts are computed analytically (:func:`count_params`, equal to a built model's
+trainable count) so that a budget (``max_params``) is checked before anything is built. The
+budget is enforced by the oracle (``tuning.search.make_tuner``): over-budget configurations are
+never proposed, so never built, trained or counted as failures.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import keras_tuner
+import numpy as np
+
+from dmr_keras.layers import MAPPINGS
+from dmr_keras.models import build_model, model_depth
+
+HP_NAMES = ("n", "width", "branches", "mapping", "lr", "weight_decay", "batch_size")
+_BASE = (16, 32, 64)  # CIFAR form stage widths at w = 1
+_PREFIX = {"merge_and_run": "dmrnet", "identity": "dilnet", "resnet": "resnet"}
+
+
+def count_params(n: int, width: float, branches: int = 2, mapping: str = "merge_and_run",
+                 classes: int = 10, channels: int = 3) -> int:
+    """Trainable parameters of ``build_model(blocks=(n, n, n), width=width, num_branches=...,
+    mapping=..., classes=classes)`` (CIFAR form, basic blocks), without building it.
+
+    Convolutions have no bias; each BatchNorm has 2C trainable parameters (gamma, beta); the
+    moving statistics are not trainable. Every block has K branches of two 3x3 convolutions; the
+    first block of stages 2 and 3 adds a 1x1 projection + BN per stream (K streams for
+    merge-and-run, one for identity / resnet); the classifier is dense with a bias.
+
+    >>> count_params(1, 0.5, 2)  # dmrnet_8_tiny
+    39346
+    """
+    k = 1 if mapping == "resnet" else int(branches)
+    streams = k if mapping == "merge_and_run" else 1
+    widths = [int(round(c * width)) for c in _BASE]
+    total = 9 * channels * widths[0] + 2 * widths[0]  # stem conv + BN
+    c_in = widths[0]
+    for filters in widths:
+        for b in range(n):
+            branch = 9 * c_in * filters + 2 * filters + 9 * filters * filters + 2 * filters
+            total += k * branch
+            if b == 0 and c_in != filters:  # stage transition (strides 2): projections
+                total += streams * (c_in * filters + 2 * filters)
+            c_in = filters
+    return total + widths[-1] * classes + classes
+
+
+def _as_tuple(name, values):
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"`{name}` must be a list of values to search. "
+                         f"Received: {name}={values!r}")
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"`{name}` is empty: the search space needs at least one value for "
+                         f"each hyperparameter. Received: {name}={values!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"`{name}` has repeated values. Received: {name}={values!r}")
+    return values
+
+
+def _ints(name, values, minimum=1):
+    values = _as_tuple(name, values)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+            raise ValueError(f"`{name}` must hold integers >= {minimum}. Received: {name}="
+                             f"{values!r} (bad value {v!r})")
+    return tuple(int(v) for v in values)
+
+
+def _floats(name, values, minimum, strict):
+    values = _as_tuple(name, values)
+    for v in values:
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        ok = ok and math.isfinite(v) and (v > minimum if strict else v >= minimum)
+        if not ok:
+            rel = ">" if strict else ">="
+            raise ValueError(f"`{name}` must hold numbers {rel} {minimum}. Received: {name}="
+                             f"{values!r} (bad value {v!r})")
+    floats = tuple(float(v) for v in values)
+    if len(set(floats)) != len(floats):
+        raise ValueError(f"`{name}` has repeated values. Received: {name}={values!r}")
+    return floats
+
+
+def _check_widths(values):
+    widths = _floats("widths", values, 0, strict=True)
+    for w in widths:
+        channels = [c * w for c in _BASE]
+        if any(abs(c - round(c)) > 1e-9 for c in channels):
+            raise ValueError(f"`widths` value {w!r} gives non-integer channel counts {channels}: "
+                             "pick widths for which 16w, 32w and 64w are integers (e.g. 0.25, "
+                             "0.5, 1, 2).")
+    return widths
+
+
+def architecture(values) -> dict:
+    """The architecture part of a trial's hyperparameter values: ``n, width, branches,
+    mapping`` (``branches`` is 1 for ResNet, whose ``branches`` value is inactive)."""
+    mapping = values.get("mapping", "merge_and_run")
+    k = 1 if mapping == "resnet" else int(values.get("branches", 2))
+    return {"n": int(values["n"]), "width": float(values["width"]), "branches": k,
+            "mapping": mapping}
+
+
+def architecture_key(arch) -> str:
+    return f"n={arch['n']},w={arch['width']:g},K={arch['branches']},{arch['mapping']}"
+
+
+class DMRHyperModel(keras_tuner.HyperModel):
+    """The DMRNet search space: blocks per stage, width, branches, mapping, lr, weight decay and
+    batch size (CIFAR form, basic blocks, depth 6n+2).
+
+    Args:
+        depths_n: blocks per stage n to try (depth 6n+2).
+        widths: width multipliers w (stages 16w, 32w, 64w).
+        branches: branch counts K.
+        mappings: skip mappings to try, from ``merge_and_run``, ``identity``, ``resnet``.
+            Default ``("merge_and_run",)``: DMRNet only. ``resnet`` always has K = 1.
+        lrs: SGD learning rates (Nesterov momentum 0.9).
+        weight_decays: weight decay on convolution and dense kernels (0 for none).
+        batch_sizes: global batch sizes, applied by :meth:`fit`.
+        max_params: optional budget of trainable parameters. Only checked here (a ValueError if
+            it is below the smallest model of the space); the oracles of
+            :func:`tuning.search.make_tuner` skip over-budget configurations.
+        classes, input_shape: the classifier's outputs and the input image shape.
+        epochs, train_examples: when both are given, the learning rate follows a cosine decay
+            to 0 over ``epochs * (train_examples // batch_size)`` steps; else it is constant.
+        seed: when set, ``keras.utils.set_random_seed(seed)`` before each model is built, so a
+            configuration starts from the same weights whenever (and however often) it runs.
+
+    Raises:
+        ValueError: an empty or invalid choice list (naming it), or ``max_params`` below the
+            smallest model of the space (naming that model and its size).
+    """
+
+    def __init__(self, *, depths_n=(1, 2, 3), widths=(0.5, 1), branches=(1, 2, 3),
+                 mappings=("merge_and_run",), lrs=(0.1, 0.05), weight_decays=(1e-4, 5e-4),
+                 batch_sizes=(64, 128), max_params=None, classes=10, input_shape=(32, 32, 3),
+                 epochs=None, train_examples=None, seed=None, name="dmrnet"):
+        super().__init__(name=name)
+        self.depths_n = _ints("depths_n", depths_n)
+        self.widths = _check_widths(widths)
+        self.branches = _ints("branches", branches)
+        self.mappings = _as_tuple("mappings", mappings)
+        for m in self.mappings:
+            if m not in MAPPINGS:
+                raise ValueError(f"Unknown mapping {m!r} in `mappings`. Valid values: "
+                                 f"{', '.join(MAPPINGS)}")
+        self.lrs = _floats("lrs", lrs, 0, strict=True)
+        self.weight_decays = _floats("weight_decays", weight_decays, 0, strict=False)
+        self.batch_sizes = _ints("batch_sizes", batch_sizes)
+        if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
+            raise ValueError(f"`classes` must be an integer >= 1. Received: {classes!r}")
+        self.classes = int(classes)
+        self.input_shape = tuple(input_shape)
+        self.epochs = epochs
+        self.train_examples = train_examples
+        self.seed = seed
+        if max_params is not None:
+            if isinstance(max_params, bool) or not isinstance(max_params, (int, np.integer)) \
+                    or max_params < 1:
+                raise ValueError(f"`max_params` must be None or an integer >= 1. Received: "
+                                 f"max_params={max_params!r}")
+            max_params = int(max_params)
+            smallest = min(self.architectures(), key=lambda a: a["params"])
+            if max_params < smallest["params"]:
+                raise ValueError(
+                    f"`max_params`={max_params:,} is below the smallest model of the search "
+                    f"space, {architecture_key(smallest)} with {smallest['params']:,} "
+                    f"parameters: no configuration fits. Use max_params >= "
+                    f"{smallest['params']} or smaller depths_n / widths / branches.")
+        self.max_params = max_params
+
+    # ---- the space ------------------------------------------------------------------------
+
+    def declare_hyperparameters(self, hp):
+        self._declare(hp)
+
+    def _declare(self, hp):
+        """Register every hyperparameter (conditional ones included); return the values."""
+        v = {"n": hp.Choice("n", list(self.depths_n)),
+             "width": hp.Choice("width", list(self.widths)),
+             "mapping": hp.Choice("mapping", list(self.mappings))}
+        non_resnet = [m for m in self.mappings if m != "resnet"]
+        if non_resnet and len(non_resnet) < len(self.mappings):
+            with hp.conditional_scope("mapping", non_resnet):
+                v["branches"] = hp.Choice("branches", list(self.branches))
+        elif non_resnet:
+            v["branches"] = hp.Choice("branches", list(self.branches))
+        v["lr"] = hp.Choice("lr", list(self.lrs))
+        v["weight_decay"] = hp.Choice("weight_decay", list(self.weight_decays))
+        v["batch_size"] = hp.Choice("batch_size", list(self.batch_sizes))
+        return v
+
+    def architectures(self) -> list:
+        """Every distinct architecture of the space with its parameter count."""
+        seen, out = set(), []
+        for m in self.mappings:
+            for n in self.depths_n:
+                for w in self.widths:
+                    for k in (1,) if m == "resnet" else self.branches:
+                        arch = {"n": n, "width": w, "branches": k, "mapping": m}
+                        key = architecture_key(arch)
+                        if key not in seen:
+                            seen.add(key)
+                            out.append({**arch, "params": self.params_of(arch)})
+        return out
+
+    def params_of(self, values) -> int:
+        """Trainable parameters of the model that ``values`` (hyperparameter values or an
+        architecture dict) builds; analytic, nothing is built."""
+        a = architecture(values)
+        return count_params(a["n"], a["width"], a["branches"], a["mapping"], self.classes,
+                            self.input_shape[-1])
+
+    def over_budget(self, values) -> bool:
+        return self.max_params is not None and self.params_of(values) > self.max_params
+
+    def build_kwargs(self, values) -> dict:
+        """``dmr_keras.build_model`` keyword arguments for ``values`` (JSON-friendly)."""
+        a = architecture(values)
+        n = a["n"]
+        return {"blocks": [n, n, n], "width": a["width"], "num_branches": a["branches"],
+                "mapping": a["mapping"], "classes": self.classes,
+                "input_shape": list(self.input_shape),
+                "name": f"{_PREFIX[a['mapping']]}_{model_depth((n, n, n), 'basic')}"
+                        f"_w{a['width']:g}_k{a['branches']}".replace(".", "p")}
+
+    # ---- keras-tuner hooks ----------------------------------------------------------------
+
+    def build(self, hp):
+        from dmr_keras import training
+
+        v = self._declare(hp)
+        values = {k: x for k, x in v.items() if x is not None}
+        if self.seed is not None:
+            keras.utils.set_random_seed(int(self.seed))
+        kwargs = self.build_kwargs(values)
+        kwargs["input_shape"] = tuple(kwargs["input_shape"])
+        model = build_model(**kwargs,
+                            kernel_regularizer=training.kernel_weight_decay(v["weight_decay"]))
+        lr = v["lr"]
+        if self.epochs and self.train_examples:
+            steps = max(1, int(self.train_examples) // int(v["batch_size"]))
+            lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=int(self.epochs) * steps)
+        model.compile(optimizer=training.make_optimizer(lr),
+                      loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        return model
+
+    def fit(self, hp, model, x=None, y=None, *, validation_data=None, **kwargs):
+        """Train ``model`` with the trial's batch size; return the best epoch's metrics.
+
+        The data is batched here, so it must come unbatched or as a factory:
+
+        - a callable ``x(batch_size) -> (train_dataset, validation_dataset)`` returning batched
+          ``tf.data`` datasets (``tuning.search.tune`` passes one around ``dmr_keras.data.load``);
+        - NumPy arrays ``x``, ``y`` (``validation_data=(x_val, y_val)``);
+        - an unbatched ``tf.data.Dataset`` of ``(image, label)`` pairs (and an unbatched
+          validation dataset), batched here (training batches drop the remainder); shuffle it
+          beforehand (``ds.shuffle(n)``), as for any dataset given to ``model.fit``.
+
+        Returns a dict: the metrics of the epoch with the best ``val_accuracy`` (the epoch whose
+        weights keras-tuner checkpoints), ``params`` (the built model's trainable count),
+        ``time_s`` (the wall time of ``model.fit``) and ``replicas`` (of the strategy it ran
+        under).
+        """
+        batch_size = int(hp.get("batch_size"))
+        params = int(sum(math.prod(w.shape) for w in model.trainable_weights))
+        if self.max_params is not None and params > self.max_params:
+            # Only reachable with an oracle that does not apply the budget (a stock keras-tuner
+            # tuner): the oracles of tuning.search.make_tuner never propose such a config.
+            raise keras_tuner.errors.FailedTrialError(
+                f"{params:,} parameters > max_params {self.max_params:,}; use "
+                "tuning.make_tuner so that over-budget configurations are skipped, not run.")
+        fit_kwargs = dict(kwargs)
+        if callable(x) and not _is_dataset(x):
+            train, val = x(batch_size)
+            if validation_data is None:
+                validation_data = val
+            args = (train,)
+        elif _is_dataset(x):
+            _check_unbatched(x, "x")
+            args = (x.batch(batch_size, drop_remainder=True),)
+            if _is_dataset(validation_data):
+                _check_unbatched(validation_data, "validation_data")
+                validation_data = validation_data.batch(batch_size)
+        elif x is not None:
+            args = (x, y)
+            fit_kwargs["batch_size"] = batch_size
+        else:
+            raise ValueError("DMRHyperModel.fit needs data: a factory `fn(batch_size) -> "
+                             "(train, validation)`, NumPy arrays x, y, or an unbatched "
+                             "tf.data.Dataset.")
+        if validation_data is None:
+            raise ValueError("DMRHyperModel.fit needs validation data: the objective is "
+                             "val_accuracy.")
+        if _is_dataset(args[0]):
+            fit_kwargs.setdefault("shuffle", False)  # datasets come shuffled (or not) as given
+        start = time.perf_counter()
+        history = model.fit(*args, validation_data=validation_data, **fit_kwargs)
+        elapsed = time.perf_counter() - start
+        hist = history.history
+        if not hist.get("val_accuracy"):
+            raise keras_tuner.errors.FailedTrialError("Training produced no val_accuracy.")
+        best = int(np.argmax(hist["val_accuracy"]))  # first best, as keras-tuner checkpoints
+        metrics = {k: float(v[best]) for k, v in hist.items() if len(v) > best}
+        strategy = getattr(model, "distribute_strategy", None)
+        metrics.update(params=params, time_s=round(elapsed, 3),
+                       replicas=int(getattr(strategy, "num_replicas_in_sync", 1)))
+        return metrics
+
+
+def _is_dataset(obj) -> bool:
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, tf.data.Dataset)
+
+
+def _check_unbatched(ds, name):
+    spec = ds.element_spec
+    image = spec[0] if isinstance(spec, (tuple, list)) else spec
+    if image.shape.rank != 3:
+        raise ValueError(f"`{name}` must be an unbatched dataset of (image (H, W, C), label) "
+                         f"pairs: DMRHyperModel.fit batches it with the trial's batch size. Its "
+                         f"images have shape {image.shape}; call .unbatch() first.")

@@ -200,6 +200,7 @@ def test_mirrored_over_two_cpu_devices(tmp_path):
         (dict(strategy="multiworker"), "TF_CONFIG"),
         (dict(init_weights="/nonexistent/w.weights.h5"), "`init_weights` file not found"),
         (dict(freeze_backbone=True), "`freeze_backbone` needs `init_weights`"),
+        (dict(cpu_threads="many"), "Unknown CPU thread setting: 'many'"),
     ],
 )
 def test_bad_input_fails_before_training(kwargs, message, tmp_path, monkeypatch):

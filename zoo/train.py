@@ -26,7 +26,7 @@ DEFAULTS = dict(
     model="dmrnet_20", dataset="digits", epochs=15, batch_size=64, lr=0.1, weight_decay=1e-4,
     schedule="paper", strategy="auto", mixed_precision=False, seed=0, output=None,
     init_weights=None, freeze_backbone=False, data_dir=None, validation_split=0.1,
-    verbose=1, cpu_devices=None,
+    verbose=1, cpu_devices=None, cpu_threads="auto",
 )
 
 
@@ -58,6 +58,7 @@ def train(
     validation_split: float = 0.1,
     verbose: int = 1,
     cpu_devices: int | None = None,
+    cpu_threads: str = DEFAULTS["cpu_threads"],
 ) -> dict:
     """Train ``model`` (a registered name) on ``dataset``; returns the run's metrics dict.
 
@@ -66,12 +67,14 @@ def train(
     import keras
 
     from dmr_keras import data as data_lib
-    from dmr_keras import distribute, training
+    from dmr_keras import distribute, performance, training
     from dmr_keras.atomic import atomic_path, write_json
     from zoo.registry import create_model, get_variant
 
     # ---- everything checked before any work -------------------------------------------------
-    get_variant(model)
+    variant = get_variant(model)
+    if cpu_threads != "auto":
+        performance.thread_counts(cpu_threads)  # validates
     dataset = data_lib.check_dataset(dataset)
     _check_number("epochs", epochs, 1, integer=True)
     _check_number("batch_size", batch_size, 1, integer=True)
@@ -93,8 +96,13 @@ def train(
                          "learns nothing.")
     output = Path(output or f"runs/{model}-{dataset.replace(':', '_').replace('/', '_')}")
 
-    # Devices and the strategy first: collective ops (multi-worker) must be configured before
-    # TensorFlow's context starts, which seeding would do.
+    # Threads, devices and the strategy first: thread pools and collective ops (multi-worker)
+    # must be configured before TensorFlow's context starts, which seeding would do.
+    # "auto" in a process whose TensorFlow already runs (a notebook, a test) keeps its pools.
+    threads = performance.resolve_cpu_threads(
+        cpu_threads, num_streams=variant.config.get("num_branches", 1), has_gpu=_has_gpu())
+    if not performance.configure_cpu_threads(threads, strict=cpu_threads != "auto"):
+        threads = "unchanged"
     if cpu_devices:
         distribute.configure_cpu_devices(cpu_devices)
     plan = distribute.make_plan(strategy, batch_size)
@@ -123,7 +131,8 @@ def train(
         hparams = dict(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, schedule=schedule, strategy=plan.name,
                        replicas=plan.num_replicas, mixed_precision=mixed_precision, seed=seed,
-                       init_weights=init_weights or "", freeze_backbone=freeze_backbone)
+                       init_weights=init_weights or "", freeze_backbone=freeze_backbone,
+                       cpu_threads=threads)
 
         with plan.scope():
             if resume:
@@ -287,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", type=int, default=d["verbose"], help="0 silent, 1 bar, 2 lines")
     p.add_argument("--cpu-devices", type=int, default=None,
                    help="split the CPU into N logical devices (for --strategy mirrored on CPU)")
+    p.add_argument("--cpu-threads", default=d["cpu_threads"],
+                   choices=["auto", "default", "intra", "inter"],
+                   help="TensorFlow CPU threads: 'inter' runs parallel branches on separate cores "
+                        "(auto: 'inter' for multi-branch models without a GPU; see "
+                        "docs/benchmarks.md)")
     return p
 
 

@@ -1,0 +1,156 @@
+"""The bench scripts run on a tiny setting and print their tables (the figures are not tested:
+benchmarks compare ratios measured side by side, never absolute timings in unit tests)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+
+
+def _run(script, *args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, str(BENCH / script), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def _table_rows(text, first_cell):
+    return [line for line in text.splitlines() if line.startswith(f"| {first_cell}")]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---- pure helpers ------------------------------------------------------------------------------
+
+
+def test_thread_counts_and_errors():
+    assert common.thread_counts("default", 4) == (0, 0)
+    assert common.thread_counts("intra", 4) == (4, 1)
+    assert common.thread_counts("inter", 4) == (1, 4)
+    with pytest.raises(ValueError, match="'both'. Valid values: 'default', 'intra', 'inter'"):
+        common.thread_counts("both")
+
+
+def test_markdown_table_aligns_and_formats():
+    text = common.table(["a", "b"], [["x", 1234.5], ["yy", 0.123]])
+    lines = text.splitlines()
+    assert lines[0] == "| a  |     b |"
+    assert lines[1] == "|----|------:|"
+    assert lines[2] == "| x  | 1,234 |" or lines[2] == "| x  | 1,235 |"
+    assert lines[3] == "| yy |  0.12 |"
+
+
+def test_union_length_of_overlapping_intervals():
+    profile = _load("profile")
+    assert profile._union_length([(0, 10), (5, 15), (20, 30)]) == 25
+    assert profile._union_length([(0, 10), (2, 3)]) == 10
+    assert profile._union_length([]) == 0
+
+
+def test_ratio_is_median_of_per_repeat_ratios():
+    throughput = _load("throughput")
+    samples = [
+        {"model": "a", "batch": 2, "mode": "training", "repeat": r, "images_per_s": a}
+        for r, a in enumerate([10.0, 30.0, 20.0])
+    ] + [
+        {"model": "ref", "batch": 2, "mode": "training", "repeat": r, "images_per_s": b}
+        for r, b in enumerate([10.0, 10.0, 40.0])
+    ]
+    med, lo, hi = throughput._ratio_to(samples, "a", "ref", 2, "training")
+    assert (med, lo, hi) == (1.0, 0.5, 3.0)
+    assert throughput._ratio_to(samples, "a", "ref", 4, "training") is None
+
+
+def test_claims_digits_subset_is_fixed_balanced_and_disjoint():
+    claims = _load("claims")
+    x_tr, y_tr, x_te, y_te = claims.digits_native(5, data_seed=0)
+    assert x_tr.shape == (50, 8, 8, 3) and x_te.shape == (1797 - 50, 8, 8, 3)
+    assert sorted(set(y_tr.tolist())) == list(range(10))
+    assert all((y_tr == c).sum() == 5 for c in range(10))
+    again = claims.digits_native(5, data_seed=0)
+    assert (again[0] == x_tr).all()
+    other = claims.digits_native(5, data_seed=1)
+    assert not (other[0] == x_tr).all()
+    with pytest.raises(ValueError, match="--train-per-class 9999 exceeds"):
+        claims.digits_native(9999, data_seed=0)
+
+
+# ---- the scripts, end to end on tiny settings -----------------------------------------------
+
+
+def test_throughput_prints_tables_for_each_backend(tmp_path):
+    out = tmp_path / "t.json"
+    proc = _run("throughput.py", "--models", "dmrnet_8_tiny,dmrnet_14", "--reference",
+                "dmrnet_14", "--batches", "2,4", "--size", "8", "--repeats", "2",
+                "--min-time", "0", "--threads", "default,inter", "--backends",
+                "tensorflow,jax", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    for header in ("### tensorflow, threads=default", "### tensorflow, threads=inter",
+                   "### jax", "### dmrnet_8_tiny / dmrnet_14 images/s"):
+        assert header in text, text
+    # 3 runs x 2 batches x 2 modes rows per model; the reference's ratio to itself is 1.00
+    assert len(_table_rows(text, "dmrnet_8_tiny ")) == 12
+    ref_rows = _table_rows(text, "dmrnet_14 ")
+    assert len(ref_rows) == 12 and all("|        1.00 |" in r for r in ref_rows)
+    assert "peak RSS MiB" in text
+    data = json.loads(out.read_text())
+    assert {r["backend"] for r in data["runs"]} == {"tensorflow", "jax"}
+    assert all(s["images_per_s"] > 0 for r in data["runs"] for s in r["samples"])
+    assert all(m["training"] >= m["inference"] > 0 for m in data["memory"])
+    flops = data["runs"][0]["models"]
+    assert flops["dmrnet_14"]["flops"] > flops["dmrnet_8_tiny"]["flops"] > 0
+
+
+def test_throughput_rejects_bad_arguments():
+    proc = _run("throughput.py", "--models", "dmrnet_56x", "--backends", "tensorflow")
+    assert proc.returncode != 0 and "dmrnet_56x" in proc.stderr
+    proc = _run("throughput.py", "--modes", "serving")
+    assert proc.returncode == 2 and "unknown mode(s) ['serving']" in proc.stderr
+
+
+def test_profile_prints_op_breakdown():
+    proc = _run("profile.py", "--models", "dmrnet_8_tiny", "--threads", "inter", "--batch",
+                "4", "--size", "8", "--steps", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _table_rows(proc.stdout, "dmrnet_8_tiny ")
+    assert len(rows) == 1 and "| inter " in rows[0]
+    assert "conv weight grad" in proc.stdout
+    assert "Conv2DBackpropFilter" in proc.stdout  # a real op type read from the trace
+
+
+def test_claims_runs_resumes_and_plots(tmp_path):
+    args = ["--models", "dmrnet_8_tiny,dmrnet_14", "--reference", "dmrnet_14", "--seeds",
+            "0,1", "--epochs", "1", "--train-per-class", "3", "--output", str(tmp_path)]
+    proc = _run("claims.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _table_rows(proc.stdout, "dmrnet_8_tiny ")
+    cells = [c.strip() for c in rows[0].split("|")[1:-1]]
+    assert len(rows) == 1 and cells[3] == "2"  # seeds
+    assert "train 30 / test 1767 images" in proc.stdout
+    state = json.loads((tmp_path / "claims.json").read_text())
+    assert len(state["results"]) == 4
+    assert all(0 <= r["test_accuracy"] <= 1 for r in state["results"])
+    assert (tmp_path / "claims.png").read_bytes()[:4] == b"\x89PNG"
+
+    again = _run("claims.py", *args)  # everything done: nothing retrains, same table
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "seed 0: test accuracy" not in again.stderr
+    assert _table_rows(again.stdout, "dmrnet_8_tiny ") == rows
+
+    other = _run("claims.py", *args[:-2], "--epochs", "2", "--output", str(tmp_path))
+    assert other.returncode == 2 and "another setting" in other.stderr

@@ -23,13 +23,16 @@ if str(ROOT) not in sys.path:  # the scripts run from a checkout, installed or n
 #   default: TensorFlow's own choice (both pools sized to the cores).
 #   intra:   every core works inside one op at a time (ops run one after another).
 #   inter:   one thread per op, as many ops at once as cores (independent branches in parallel).
-THREADS = ("default", "intra", "inter")
+#   single:  one thread in all (bench only): the one-core rate, for the multi-core upper bound.
+THREADS = ("default", "intra", "inter", "single")
 
 
 def thread_counts(setting: str, cores: int | None = None) -> tuple[int, int]:
     """``(intra, inter)`` for a THREADS name; 0 means TensorFlow's default."""
     from dmr_keras.performance import thread_counts as counts
 
+    if setting == "single":
+        return 1, 1
     return counts(setting, cores)
 
 

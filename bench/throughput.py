@@ -209,23 +209,29 @@ def memory_kind(memory):
     return next(iter(memory.values()))["kind"] if memory else None
 
 
-def report(args, runs, memory):
+def report(args, runs, memory, mach=None):
     out = []
-    mach = common.machine()
+    mach = mach or common.machine()
     out.append(f"machine: {mach['cpu']}, {mach['cores']} cores; " + ", ".join(
         f"{k} {v}" for k, v in mach.items() if k not in ("cpu", "cores")))
     out.append(f"size {args.size}x{args.size}, dtype policy {args.dtype_policy or 'float32'}, "
                f"repeats {args.repeats}, >= {args.min_time:g} s per figure, reference "
                f"{args.reference}")
     summary = {}  # (backend, threads, model, batch, mode) -> median img/s
+    # The practical peak of a backend: its fastest dense matmul over all thread settings (a
+    # one-thread-per-op process measures a one-core matmul).
+    matmul = {}
+    for run in runs:
+        matmul[run["backend"]] = max(matmul.get(run["backend"], 0), run["matmul_gflops"])
     for run in runs:
         label = f"{run['backend']}" + (f", threads={run['threads']}"
                                        if run["backend"] == "tensorflow" else "")
-        peak = (args.peak_tflops * 1e3) if args.peak_tflops else run["matmul_gflops"]
+        peak = (args.peak_tflops * 1e3) if args.peak_tflops else matmul[run["backend"]]
         peak_name = "peak" if args.peak_tflops else "matmul"
         out.append("")
-        out.append(f"### {label} ({run['dtype_policy']}; dense matmul "
-                   f"{run['matmul_gflops']:.0f} GFLOP/s)")
+        ref_text = (f"peak {args.peak_tflops:g} TFLOP/s" if args.peak_tflops
+                    else f"dense matmul {peak:.0f} GFLOP/s")
+        out.append(f"### {label} ({run['dtype_policy']}; {ref_text})")
         out.append("")
         headers = ["model", "batch", "mode", "img/s", "min", "max", f"x {args.reference}",
                    "MFLOP/img", "GFLOP/s", f"% of {peak_name}"]
@@ -254,9 +260,12 @@ def report(args, runs, memory):
     model = args.models[0]
     if args.reference in args.models and model != args.reference:
         out.append("")
-        out.append(f"### {model} / {args.reference} images/s")
+        out.append(f"### {model} / {args.reference} images/s (median over repeats; 'each at "
+                   "its best': each model under its fastest thread setting)")
         out.append("")
         rows = []
+        cores = mach["cores"]
+        bound_col = any(r["threads"] == "single" for r in runs)
         for backend in dict.fromkeys(r["backend"] for r in runs):
             threads = [r["threads"] for r in runs if r["backend"] == backend]
             for b in args.batches:
@@ -268,17 +277,26 @@ def report(args, runs, memory):
                                        / summary[(backend, t, args.reference, b, mode)])
                         else:
                             row.append("-")
-                    best_m = max(threads, key=lambda t: summary[(backend, t, model, b, mode)])
-                    best_r = max(threads,
+                    timed = [t for t in threads if t != "single"]  # single: not a contender
+                    best_m = max(timed, key=lambda t: summary[(backend, t, model, b, mode)])
+                    best_r = max(timed,
                                  key=lambda t: summary[(backend, t, args.reference, b, mode)])
-                    row += [summary[(backend, best_m, model, b, mode)]
-                            / summary[(backend, best_r, args.reference, b, mode)],
+                    ref_best = summary[(backend, best_r, args.reference, b, mode)]
+                    row += [summary[(backend, best_m, model, b, mode)] / ref_best,
                             f"{best_m} / {best_r}"]
+                    if "single" in threads:
+                        # No schedule on `cores` cores beats cores x the one-core rate of the
+                        # same work: the most any equal-FLOP model could gain on this CPU.
+                        one_core = summary[(backend, "single", args.reference, b, mode)]
+                        row.append(cores * one_core / ref_best)
+                    elif bound_col:
+                        row.append("-")
                     rows.append(row)
         out.append(common.table(
             ["backend", "batch", "mode"] + [f"threads={t}" for t in args.threads]
-            + ["each at its best", "best threads"], rows,
-            "lrl" + "r" * (len(args.threads) + 1) + "l"))
+            + ["each at its best", "best threads"]
+            + ([f"bound ({cores} x one-core / best)"] if bound_col else []), rows,
+            "lrl" + "r" * (len(args.threads) + 1) + "l" + ("r" if bound_col else "")))
     return "\n".join(out)
 
 
@@ -303,11 +321,24 @@ def main(argv=None):
                         "dense matmul is the reference)")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--json", default=None, help="also write the raw measurements here")
+    p.add_argument("--from-json", default=None,
+                   help="print the tables of an earlier --json file instead of measuring")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         kind, spec = args.worker
         return (speed_worker if kind == "speed" else memory_worker)(json.loads(spec))
+    if args.from_json:  # one file, or several (e.g. a later --threads single run) merged
+        files = [json.loads(open(f).read()) for f in args.from_json.split(",")]
+        saved = files[0]
+        runs = [r for f in files for r in f["runs"]]
+        threads = list(dict.fromkeys(r["threads"] for r in runs if r["backend"] == "tensorflow"))
+        args = argparse.Namespace(**dict(saved["args"], threads=threads or ["default"],
+                                         peak_tflops=args.peak_tflops
+                                         or saved["args"].get("peak_tflops")))
+        memory = {(m["backend"], m["model"], m["batch"]): m for f in files for m in f["memory"]}
+        print(report(args, runs, memory, saved["machine"]))
+        return None
 
     args.models = [m for m in args.models.split(",") if m]
     args.batches = [int(b) for b in args.batches.split(",") if b]

@@ -95,18 +95,20 @@ def test_claims_digits_subset_is_fixed_balanced_and_disjoint():
 def test_throughput_prints_tables_for_each_backend(tmp_path):
     out = tmp_path / "t.json"
     proc = _run("throughput.py", "--models", "dmrnet_8_tiny,dmrnet_14", "--reference",
-                "dmrnet_14", "--batches", "2,4", "--size", "8", "--repeats", "2",
-                "--min-time", "0", "--threads", "default,inter", "--backends",
+                "dmrnet_14", "--batches", "2", "--size", "8", "--repeats", "2",
+                "--min-time", "0", "--threads", "inter,single", "--backends",
                 "tensorflow,jax", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
-    for header in ("### tensorflow, threads=default", "### tensorflow, threads=inter",
-                   "### jax", "### dmrnet_8_tiny / dmrnet_14 images/s"):
-        assert header in text, text
-    # 3 runs x 2 batches x 2 modes rows per model; the reference's ratio to itself is 1.00
-    assert len(_table_rows(text, "dmrnet_8_tiny ")) == 12
+    for header in ("### tensorflow, threads=inter", "### tensorflow, threads=single", "### jax",
+                   "### dmrnet_8_tiny / dmrnet_14 images/s", "bound (2 x one-core / best)"):
+        assert header.replace("(2 ", f"({os.cpu_count()} ") in text, text
+    # 3 runs x 1 batch x 2 modes rows per model; the reference's ratio to itself is 1.00
+    assert len(_table_rows(text, "dmrnet_8_tiny ")) == 6
     ref_rows = _table_rows(text, "dmrnet_14 ")
-    assert len(ref_rows) == 12 and all("|        1.00 |" in r for r in ref_rows)
+    assert len(ref_rows) == 6 and all("|        1.00 |" in r for r in ref_rows)
+    summary = _table_rows(text, "tensorflow ")  # backend, batch, mode, 2 settings, best, which,
+    assert len(summary) == 2 and all(len(r.split("|")) == 10 for r in summary)  # bound
     assert "peak RSS MiB" in text
     data = json.loads(out.read_text())
     assert {r["backend"] for r in data["runs"]} == {"tensorflow", "jax"}
@@ -114,6 +116,10 @@ def test_throughput_prints_tables_for_each_backend(tmp_path):
     assert all(m["training"] >= m["inference"] > 0 for m in data["memory"])
     flops = data["runs"][0]["models"]
     assert flops["dmrnet_14"]["flops"] > flops["dmrnet_8_tiny"]["flops"] > 0
+
+    again = _run("throughput.py", "--from-json", str(out))  # the tables, from the saved data
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _table_rows(again.stdout, "dmrnet_8_tiny ") == _table_rows(text, "dmrnet_8_tiny ")
 
 
 def test_throughput_rejects_bad_arguments():

@@ -28,11 +28,10 @@ def test_setup_declares_every_third_party_import():
     for pkg in ("keras>=3", "tensorflow", "tensorflow-datasets", "keras-tuner", "tensorboard",
                 "scikit-learn", "numpy", "matplotlib", "h5py"):
         assert f'"{pkg}"' in setup
-    own = {"dmr_keras", "zoo", "tuning", "tests"}
+    own = {"dmr_keras", "zoo", "tuning", "tests", "common"}  # common: bench/common.py
     stdlib = {"__future__"} | set(__import__("sys").stdlib_module_names)
-    for path in list(ROOT.glob("dmr_keras/**/*.py")) + list(ROOT.glob("zoo/**/*.py")) + list(
-        ROOT.glob("tests/**/*.py")
-    ):
+    for path in [p for d in ("dmr_keras", "zoo", "tuning", "tests", "bench")
+                 for p in ROOT.glob(f"{d}/**/*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):

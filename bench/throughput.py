@@ -277,7 +277,8 @@ def report(args, runs, memory, mach=None):
                                        / summary[(backend, t, args.reference, b, mode)])
                         else:
                             row.append("-")
-                    timed = [t for t in threads if t != "single"]  # single: not a contender
+                    # single is the bound's input, not a contender (unless it is all there is)
+                    timed = [t for t in threads if t != "single"] or threads
                     best_m = max(timed, key=lambda t: summary[(backend, t, model, b, mode)])
                     best_r = max(timed,
                                  key=lambda t: summary[(backend, t, args.reference, b, mode)])
@@ -298,6 +299,43 @@ def report(args, runs, memory, mach=None):
             + ([f"bound ({cores} x one-core / best)"] if bound_col else []), rows,
             "lrl" + "r" * (len(args.threads) + 1) + "l" + ("r" if bound_col else "")))
     return "\n".join(out)
+
+
+def plot(args, runs, path):
+    """Images/s against batch size: each model at its fastest thread setting, per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dmr_keras.atomic import atomic_path
+
+    fig, axes = plt.subplots(1, len(args.modes), figsize=(5.2 * len(args.modes), 3.6),
+                             squeeze=False)
+    backends = list(dict.fromkeys(r["backend"] for r in runs))
+    for ax, mode in zip(axes[0], args.modes):
+        for bi, backend in enumerate(backends):
+            for mi, name in enumerate(args.models):
+                best = []
+                for b in args.batches:
+                    meds = [common.median_spread(
+                        s["images_per_s"] for s in r["samples"]
+                        if s["model"] == name and s["batch"] == b and s["mode"] == mode)[0]
+                        for r in runs if r["backend"] == backend and r["threads"] != "single"]
+                    best.append(max(meds))
+                ax.plot(args.batches, best, marker="o", color=f"C{mi}",
+                        linestyle=("-", "--", ":")[bi % 3], label=f"{name} ({backend})")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(args.batches, [str(b) for b in args.batches])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("images/s")
+        ax.set_title(f"{mode} (each model at its fastest thread setting)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -321,6 +359,7 @@ def main(argv=None):
                         "dense matmul is the reference)")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--json", default=None, help="also write the raw measurements here")
+    p.add_argument("--plot", default=None, help="also draw images/s against batch size (PNG)")
     p.add_argument("--from-json", default=None,
                    help="print the tables of an earlier --json file instead of measuring")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -328,6 +367,7 @@ def main(argv=None):
     if args.worker:
         kind, spec = args.worker
         return (speed_worker if kind == "speed" else memory_worker)(json.loads(spec))
+    plot_path = args.plot
     if args.from_json:  # one file, or several (e.g. a later --threads single run) merged
         files = [json.loads(open(f).read()) for f in args.from_json.split(",")]
         saved = files[0]
@@ -338,6 +378,8 @@ def main(argv=None):
                                          or saved["args"].get("peak_tflops")))
         memory = {(m["backend"], m["model"], m["batch"]): m for f in files for m in f["memory"]}
         print(report(args, runs, memory, saved["machine"]))
+        if plot_path:
+            plot(args, runs, plot_path)
         return None
 
     args.models = [m for m in args.models.split(",") if m]
@@ -357,15 +399,16 @@ def main(argv=None):
     for name in args.models + [args.reference]:
         zoo.get_variant(name.split(".")[0])  # unknown names fail here, with close matches
     runs, memory = measure(args)
-    text = report(args, runs, memory)
-    print(text)
-    if args.json:
+    if args.json:  # the measurements first: nothing is lost if a table fails to print
         from dmr_keras.atomic import write_json
 
         write_json(args.json, {"args": {k: v for k, v in vars(args).items() if k != "worker"},
                                "machine": common.machine(), "runs": runs,
                                "memory": [{"backend": k[0], "model": k[1], "batch": k[2], **v}
                                           for k, v in memory.items()]})
+    print(report(args, runs, memory))
+    if args.plot:
+        plot(args, runs, args.plot)
 
 
 if __name__ == "__main__":

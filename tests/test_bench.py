@@ -117,9 +117,11 @@ def test_throughput_prints_tables_for_each_backend(tmp_path):
     flops = data["runs"][0]["models"]
     assert flops["dmrnet_14"]["flops"] > flops["dmrnet_8_tiny"]["flops"] > 0
 
-    again = _run("throughput.py", "--from-json", str(out))  # the tables, from the saved data
+    # the tables and a plot, from the saved data
+    again = _run("throughput.py", "--from-json", str(out), "--plot", str(tmp_path / "t.png"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert _table_rows(again.stdout, "dmrnet_8_tiny ") == _table_rows(text, "dmrnet_8_tiny ")
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_throughput_rejects_bad_arguments():
@@ -160,3 +162,37 @@ def test_claims_runs_resumes_and_plots(tmp_path):
 
     other = _run("claims.py", *args[:-2], "--epochs", "2", "--output", str(tmp_path))
     assert other.returncode == 2 and "another setting" in other.stderr
+
+
+def _synthetic_run(threads, rates):
+    samples = [{"model": m, "batch": 8, "mode": "training", "repeat": r, "images_per_s": v}
+               for m, v in rates.items() for r in range(3)]
+    return {"backend": "tensorflow", "threads": threads, "dtype_policy": "float32",
+            "matmul_gflops": 100.0, "samples": samples,
+            "models": {m: {"flops": 10**9, "params": 1} for m in rates}}
+
+
+def test_report_ratios_and_the_multi_core_bound():
+    import argparse
+
+    throughput = _load("throughput")
+    args = argparse.Namespace(models=["dmr", "ref"], reference="ref", batches=[8],
+                              modes=["training"], threads=["default", "inter", "single"],
+                              size=8, dtype_policy=None, repeats=3, min_time=0.0,
+                              peak_tflops=None)
+    runs = [_synthetic_run("default", {"dmr": 90.0, "ref": 100.0}),
+            _synthetic_run("inter", {"dmr": 120.0, "ref": 60.0}),
+            _synthetic_run("single", {"dmr": 55.0, "ref": 50.0})]
+    mach = {"cpu": "test", "cores": 2, "python": "3"}
+    text = throughput.report(args, runs, {}, mach)
+    row = [c.strip() for c in _table_rows(text, "tensorflow ")[0].split("|")[1:-1]]
+    # default 0.9, inter 2.0, single 1.1; best: dmr under inter (120) / ref under default (100);
+    # bound: 2 cores x ref's one-core 50 / ref's best 100 = 1.0
+    assert row[3:] == ["0.90", "2.00", "1.10", "1.20", "inter / default", "1.00"]
+    # 3 GFLOP per training image at 120 img/s = 360 GFLOP/s = 360 % of the 100 GFLOP/s matmul
+    inter_rows = text.split("threads=inter")[1]
+    cells = [c.strip() for c in _table_rows(inter_rows, "dmr ")[0].split("|")[1:-1]]
+    assert cells[6:] == ["2.00", "3,000", "360", "360"]
+
+    only_single = throughput.report(args, runs[2:], {}, mach)  # no contender: no crash
+    assert "single / single" in only_single

@@ -165,7 +165,6 @@ def plot(args, results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dmr_keras.atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for i, name in enumerate(args.models):
@@ -180,10 +179,7 @@ def plot(args, results, path):
     ax.set_title(f"{args.dataset}: {args.epochs} epochs, mean ± std over seeds (dots: seeds)",
                  fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    common.save_png(fig, path)
 
 
 def main(argv=None):

@@ -36,6 +36,29 @@ def thread_counts(setting: str, cores: int | None = None) -> tuple[int, int]:
     return counts(setting, cores)
 
 
+def apply_tf_threads(setting: str) -> None:
+    """Size TensorFlow's thread pools for a THREADS setting (before its runtime starts)."""
+    import tensorflow as tf
+
+    intra, inter = thread_counts(setting)
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+
+def save_png(fig, path) -> None:
+    """Write a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from dmr_keras.atomic import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
 def run_worker(script: str, args: list[str], backend: str, timeout: float | None = None) -> dict:
     """Run ``script --worker ...`` under ``KERAS_BACKEND=backend``; return its last JSON line."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",

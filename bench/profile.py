@@ -109,11 +109,7 @@ def worker(spec):
     import numpy as np
     import tensorflow as tf
 
-    intra, inter = common.thread_counts(spec["threads"])
-    if intra:
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-    if inter:
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    common.apply_tf_threads(spec["threads"])
     import zoo
     from dmr_keras import training
     from dmr_keras.flops import count_flops

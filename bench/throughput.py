@@ -44,13 +44,7 @@ def _setup(spec):
     import keras
 
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        intra, inter = common.thread_counts(spec["threads"])
-        if intra:
-            tf.config.threading.set_intra_op_parallelism_threads(intra)
-        if inter:
-            tf.config.threading.set_inter_op_parallelism_threads(inter)
+        common.apply_tf_threads(spec["threads"])
     if spec.get("dtype_policy"):
         keras.config.set_dtype_policy(spec["dtype_policy"])
     return keras
@@ -308,7 +302,6 @@ def plot(args, runs, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dmr_keras.atomic import atomic_path
 
     fig, axes = plt.subplots(1, len(args.modes), figsize=(5.2 * len(args.modes), 3.6),
                              squeeze=False)
@@ -332,10 +325,7 @@ def plot(args, runs, path):
         ax.set_title(f"{mode} (each model at its fastest thread setting)", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    common.save_png(fig, path)
 
 
 def main(argv=None):

@@ -93,17 +93,18 @@ def digits_datasets(args, seed):
     train = train.map(lambda x, y: ((x - mean) / std, y)).batch(args.batch_size).prefetch(2)
     test = (tf.data.Dataset.from_tensor_slices(((x_te - mean) / std, y_te))
             .batch(256).prefetch(2))
-    return train, test, len(x_tr), len(x_te)
+    return train, test, len(x_tr), len(x_te), 10
 
 
 def datasets(args, seed):
+    """``(train, test, train examples, test examples, classes)`` for one seed."""
     if args.dataset == "digits":
         return digits_datasets(args, seed)
     from dmr_keras import data
 
     train, test, info = data.load(args.dataset, batch_size=args.batch_size, seed=seed,
                                   data_dir=args.data_dir)
-    return train, test, info.train_examples, info.eval_examples
+    return train, test, info.train_examples, info.eval_examples, info.num_classes
 
 
 def run_one(args, name, seed):
@@ -115,9 +116,9 @@ def run_one(args, name, seed):
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    train, test, n_train, n_test = datasets(args, seed)
+    train, test, n_train, n_test, classes = datasets(args, seed)
     steps = -(-n_train // args.batch_size)
-    model = zoo.create_model(name, classes=args.classes, input_shape=(args.size, args.size, 3),
+    model = zoo.create_model(name, classes=classes, input_shape=(args.size, args.size, 3),
                              kernel_regularizer=training.kernel_weight_decay(args.weight_decay))
     schedule = training.learning_rate_schedule("paper", args.lr, args.epochs, steps)
     model.compile(optimizer=training.make_optimizer(schedule),
@@ -218,12 +219,6 @@ def main(argv=None):
     if args.dataset == "digits" and args.size != 8:
         p.error(f"--size {args.size}: this study uses the digits at their native 8x8 "
                 "(dmr-train's digits are the same images repeated to 32x32)")
-    args.classes = {"cifar100": 100}.get(args.dataset, 10)
-    if args.dataset.startswith("folder:"):
-        from dmr_keras import data
-
-        args.classes = data.load(args.dataset, batch_size=1)[2].num_classes
-
     out = Path(args.output)
     state_path = out / "claims.json"
     setting = {k: getattr(args, k) for k in ("dataset", "epochs", "batch_size", "lr",
@@ -239,13 +234,14 @@ def main(argv=None):
     from dmr_keras.atomic import write_json
 
     done = {(r["model"], r["seed"]) for r in results}
+    mach = common.machine()
     for seed in args.seeds:  # seeds outermost: a stopped study has every model at equal seeds
         for name in args.models:
             if (name, seed) in done:
                 continue
             r = run_one(args, name, seed)
             results.append(r)
-            write_json(state_path, {"setting": setting, "machine": common.machine(),
+            write_json(state_path, {"setting": setting, "machine": mach,
                                     "results": results})
             print(f"# {name} seed {seed}: test accuracy {100 * r['test_accuracy']:.2f} % "
                   f"({r['seconds']:.0f} s)", file=sys.stderr, flush=True)

@@ -73,8 +73,8 @@ def train(
 
     # ---- everything checked before any work -------------------------------------------------
     variant = get_variant(model)
-    if cpu_threads != "auto":
-        performance.thread_counts(cpu_threads)  # validates
+    threads = performance.resolve_cpu_threads(
+        cpu_threads, num_streams=variant.config.get("num_branches", 1), has_gpu=_has_gpu())
     dataset = data_lib.check_dataset(dataset)
     _check_number("epochs", epochs, 1, integer=True)
     _check_number("batch_size", batch_size, 1, integer=True)
@@ -99,8 +99,6 @@ def train(
     # Threads, devices and the strategy first: thread pools and collective ops (multi-worker)
     # must be configured before TensorFlow's context starts, which seeding would do.
     # "auto" in a process whose TensorFlow already runs (a notebook, a test) keeps its pools.
-    threads = performance.resolve_cpu_threads(
-        cpu_threads, num_streams=variant.config.get("num_branches", 1), has_gpu=_has_gpu())
     if not performance.configure_cpu_threads(threads, strict=cpu_threads != "auto"):
         threads = "unchanged"
     if cpu_devices:
@@ -269,6 +267,8 @@ def _is_chief(plan) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmr-train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from dmr_keras.performance import CPU_THREADS
+
     d = DEFAULTS
     p.add_argument("--model", default=d["model"], help="registered model name (dmr-zoo list)")
     p.add_argument("--dataset", default=d["dataset"],
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-devices", type=int, default=None,
                    help="split the CPU into N logical devices (for --strategy mirrored on CPU)")
     p.add_argument("--cpu-threads", default=d["cpu_threads"],
-                   choices=["auto", "default", "intra", "inter"],
+                   choices=CPU_THREADS,
                    help="TensorFlow CPU threads: 'inter' runs parallel branches on separate cores "
                         "(auto: 'inter' for multi-branch models without a GPU; see "
                         "docs/benchmarks.md)")

@@ -50,10 +50,9 @@ def build(form, blocks, channels, k, size):
     x = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False)(inp)
     x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
     if form == "separate":
-        for i in range(blocks):
-            x = MergeAndRunBlock(
-                channels, k, output_mode="sum" if i == blocks - 1 else "streams"
-            )(x)
+        for _ in range(blocks):
+            x = MergeAndRunBlock(channels, k)(x)
+        x = keras.layers.Add()(x)
     else:
         x = keras.layers.Concatenate()([x] * k)
         for _ in range(blocks):

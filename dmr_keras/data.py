@@ -9,8 +9,8 @@ shuffled nor augmented and keeps its last partial batch. ``batch_size`` is the g
 
 Datasets (``spec``):
 
-* ``cifar10``, ``cifar100`` (TFDS, train / test). The paper's recipe: 4-pixel zero pad, random
-  32x32 crop, random horizontal flip, per-channel mean/std normalisation.
+* ``cifar10``, ``cifar100`` (TFDS, train / test). The paper's recipe: per-channel mean/std
+  normalisation, 4-pixel pad with the mean pixel, random 32x32 crop, random horizontal flip.
 * ``svhn`` (TFDS ``svhn_cropped``): train = ``train`` + ``extra`` (604,388 images, as in the
   paper), eval = ``test``. No augmentation (as in the paper), mean/std normalisation only.
 * ``imagenet2012`` (TFDS, train / validation). TFDS cannot download ImageNet: put
@@ -25,7 +25,7 @@ Datasets (``spec``):
   ``numpy.random.RandomState(0).permutation(1797)``; its first 1,437 indices are the train set,
   its last 360 the eval (test) set. Mean and std per channel are computed at load time from the
   1,437 train images (the 3 channels are equal): mean 0.30540, std 0.37586. Augmentation: 4-pixel
-  zero pad + random 32x32 crop, no flip (digits are not mirror-invariant).
+  pad + random 32x32 crop, no flip (digits are not mirror-invariant).
 * ``folder:PATH``: one sub-folder of ``PATH`` per class (sorted folder names give the class
   indices; hidden folders are ignored), images ``.jpg .jpeg .png .bmp .gif`` anywhere below each
   class folder. Each image is decoded with ``tf.io.decode_image(channels=3,
@@ -34,7 +34,7 @@ Datasets (``spec``):
   sorted paths are permuted with ``numpy.random.RandomState(0)`` (independent of ``seed``) and
   the last ``round(validation_split * n)`` (at most ``n - 1``) are held out. Mean and std per
   channel are computed from the train images (in the same pass that checks every file).
-  Augmentation: zero pad by ``image_size // 8`` + random crop, no flip (the folder's content is
+  Augmentation: pad by ``image_size // 8`` + random crop, no flip (the folder's content is
   unknown: text and digits are not mirror-invariant). Every file is decoded once before
   training: unreadable or corrupt images raise a ``ValueError`` listing all their paths.
 
@@ -44,12 +44,16 @@ Normalisation constants (per channel, pixel values in [0, 1]), from the datasets
 CIFAR-10 mean (0.4914, 0.4822, 0.4465) std (0.2470, 0.2435, 0.2616); CIFAR-100 mean
 (0.5071, 0.4865, 0.4409) std (0.2673, 0.2564, 0.2762); SVHN mean (0.4377, 0.4438, 0.4728)
 std (0.1980, 0.2010, 0.1970); ImageNet mean (0.485, 0.456, 0.406) std (0.229, 0.224, 0.225).
-Zero padding is applied before normalisation (the pad is black).
+The crop's padding is applied after normalisation, with zeros: the pad is the mean pixel, as in
+the reference code.
 
-Reproducibility: the shuffle is seeded and augmentation uses stateless random ops fed by a seeded
-``tf.data.Dataset.random`` stream, with ``options.deterministic = True``: the same ``seed`` (and
-the same global TensorFlow seed, e.g. from ``keras.utils.set_random_seed``) gives the same
-sequence of batches, epoch after epoch.
+Reproducibility: with ``load(..., epochs=N, initial_epoch=E)`` the train dataset runs epochs
+``E..N-1``; epoch ``e`` is permuted by a stateless shuffle seeded with ``(seed, e)`` (the whole
+set for the in-memory datasets; windows of the shuffle buffer for SVHN and ImageNet) and its
+i-th element is augmented by stateless random ops seeded with
+``fold_in(fold_in((seed, offset), e), i)``, with ``options.deterministic = True``. Nothing
+depends on the global random seed or on how often the pipeline was iterated: epoch ``e`` is the
+same whether the run started at 0 or resumed at ``e``, as resuming a killed run exactly needs.
 """
 
 from __future__ import annotations
@@ -219,6 +223,7 @@ def _check_args(batch_size, validation_split, image_size):
 
 def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = None,
          validation_split: float = 0.1, augment: bool = True, image_size: int | None = None,
+         epochs: int | None = None, initial_epoch: int = 0,
          ) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
     """``(train, eval, info)`` for ``spec`` (see the module docstring).
 
@@ -231,22 +236,43 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
         augment: augment the train set (False: train images are only normalised).
         image_size: side of the model's input; ``folder:`` (default 32) and ``imagenet2012``
             (default 224) only; the 32x32 datasets accept None or 32.
+        epochs, initial_epoch: with ``epochs``, the train dataset holds epochs
+            ``initial_epoch..epochs-1`` back to back, each ``train_examples // batch_size``
+            batches whose order and augmentation depend only on ``(seed, epoch)``: pass it to
+            ``fit(..., epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=...)`` and a
+            resumed run sees exactly the batches of an uninterrupted one. Without ``epochs``,
+            one pass over the train dataset is one epoch, reshuffled at random on every pass.
 
     Returns:
         train and eval datasets of ``(float32 (B, H, W, 3), int64 (B,))`` and a ``DataInfo``.
     """
     spec = check_dataset(spec)
     _check_args(batch_size, validation_split, image_size)
+    _check_epochs(epochs, initial_epoch)
     seed = int(seed)
+    run = dict(batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
+               initial_epoch=initial_epoch)
     if spec.startswith(FOLDER_PREFIX):
-        return _load_folder(spec[len(FOLDER_PREFIX):], batch_size, seed, validation_split,
-                            augment, image_size or DEFAULT_FOLDER_IMAGE_SIZE)
+        return _load_folder(spec[len(FOLDER_PREFIX):], validation_split,
+                            image_size or DEFAULT_FOLDER_IMAGE_SIZE, **run)
     if spec != "imagenet2012" and image_size not in (None, 32):
         raise ValueError(f"{spec} images are 32x32: `image_size` must be None or 32. "
                          f"Received: {image_size!r}")
     if spec == "digits":
-        return _load_digits(batch_size, seed, augment)
-    return _load_tfds(spec, batch_size, seed, data_dir, augment, image_size)
+        return _load_digits(**run)
+    return _load_tfds(spec, data_dir, image_size, **run)
+
+
+def _check_epochs(epochs, initial_epoch):
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if epochs is not None and (not is_int(epochs) or epochs < 1):
+        raise ValueError(f"`epochs` must be None or an integer >= 1. Received: {epochs!r}")
+    if not is_int(initial_epoch) or initial_epoch < 0 or (
+            epochs is not None and initial_epoch > epochs):
+        raise ValueError("`initial_epoch` must be an integer with 0 <= initial_epoch <= epochs. "
+                         f"Received: initial_epoch={initial_epoch!r}, epochs={epochs!r}")
 
 
 # ---- shared pipeline pieces ---------------------------------------------------------------------
@@ -268,10 +294,10 @@ def _normalise(mean, std):
     return fn
 
 
-def _element_seeds(seed_value):
-    """Two independent stateless seeds (shape [2]) from one int64 of ``Dataset.random``."""
-    return (tf.stack([seed_value, tf.constant(0, tf.int64)]),
-            tf.stack([seed_value, tf.constant(1, tf.int64)]))
+def _element_seeds(seed):
+    """Two independent stateless seeds (shape [2]) from one element's seed (shape [2])."""
+    fold = tf.random.experimental.stateless_fold_in
+    return fold(seed, 0), fold(seed, 1)
 
 
 def _pad_crop(image, seed, pad):
@@ -280,25 +306,61 @@ def _pad_crop(image, seed, pad):
     return tf.image.stateless_random_crop(padded, shape, seed=seed)
 
 
-def _finish_train(ds, batch_size, seed, shuffle_buffer, augment_fn, normalise, prepare=None):
-    """shuffle -> augment (``augment_fn(x, random_int64)``; None: ``prepare(x)``, no randomness)
-    -> normalise -> batch(drop_remainder) -> prefetch. Images in [0, 1] before normalising."""
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if augment_fn is None:
-        prepare = prepare or (lambda x: x)
-        ds = ds.map(lambda x, y: (normalise(prepare(x)), tf.cast(y, tf.int64)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        randoms = tf.data.Dataset.random(seed=seed + _AUGMENT_SEED_OFFSET,
-                                         rerandomize_each_iteration=True)
+def _epoch_keys(seed, epochs, initial_epoch):
+    """The epochs a train dataset runs: ``initial_epoch..epochs-1``, or (``epochs=None``) one
+    random key per pass, so that each pass is a fresh epoch."""
+    if epochs is None:
+        return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return tf.data.Dataset.range(initial_epoch, epochs)
 
-        def fn(example, r):
+
+def _stateless_shuffle(ds, window, seed):
+    """Shuffle ``ds`` (of ``(x, y)``) within consecutive windows of ``window`` elements, each by
+    a permutation that is a function of ``seed`` ([2] int64) and the window's index only.
+
+    With ``window`` >= the dataset size (the in-memory datasets) this is a uniform random
+    permutation of the whole set. Unlike ``Dataset.shuffle``, nothing depends on the global seed
+    or on how often the pipeline was iterated.
+    """
+    fold = tf.random.experimental.stateless_fold_in
+
+    def permute(index, batch):
+        x, y = batch
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(y)[0]),
+                                                         seed=fold(seed, index))
+        return tf.data.Dataset.from_tensor_slices((tf.gather(x, order), tf.gather(y, order)))
+
+    return ds.batch(window).enumerate().flat_map(permute)
+
+
+def _finish_train(ds, batch_size, seed, shuffle_buffer, transform, epochs, initial_epoch):
+    """Per epoch: shuffle -> ``transform(x, element_seed)`` -> batch(drop_remainder); epochs
+    concatenated; prefetch.
+
+    Epoch ``e``'s order and augmentation are functions of ``(seed, e)`` only: its shuffle is a
+    stateless permutation seeded with ``fold_in((seed, 0), e)`` and its i-th element gets the
+    stateless seed ``fold_in(fold_in((seed, offset), e), i)``. So a run resumed at epoch ``e``
+    sees exactly the batches the uninterrupted run saw, however often the pipeline was iterated
+    before. ``transform`` returns the normalised float32 image.
+    """
+    fold = tf.random.experimental.stateless_fold_in
+    shuffle_seed = tf.constant([seed, 0], tf.int64)
+    augment_seed = tf.constant([seed, _AUGMENT_SEED_OFFSET], tf.int64)
+
+    def one_epoch(epoch):
+        epoch = tf.cast(epoch, tf.int64)
+        epoch_seed = fold(augment_seed, epoch)
+        shuffled = _stateless_shuffle(ds, shuffle_buffer, fold(shuffle_seed, epoch))
+
+        def fn(i, example):
             x, y = example
-            return normalise(augment_fn(x, r)), tf.cast(y, tf.int64)
+            return transform(x, fold(epoch_seed, i)), tf.cast(y, tf.int64)
 
-        ds = tf.data.Dataset.zip(ds, randoms).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    return _options(ds.prefetch(tf.data.AUTOTUNE))
+        mapped = shuffled.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+        return mapped.batch(batch_size, drop_remainder=True)
+
+    train = _epoch_keys(seed, epochs, initial_epoch).flat_map(one_epoch)
+    return _options(train.prefetch(tf.data.AUTOTUNE))
 
 
 def _finish_eval(ds, batch_size, eval_fn):
@@ -309,12 +371,23 @@ def _finish_eval(ds, batch_size, eval_fn):
 
 
 def _pad_crop_augment(pad, flip):
-    def fn(image, r):
-        crop_seed, flip_seed = _element_seeds(r)
+    """Pad by ``pad`` with zeros, random crop back, optional random flip. Applied to normalised
+    images, so the pad is the mean pixel, as in the reference code."""
+    def fn(image, seed):
+        crop_seed, flip_seed = _element_seeds(seed)
         image = _pad_crop(image, crop_seed, pad)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
         return image
+
+    return fn
+
+
+def _train_transform(prepare, normalise, augment):
+    """``(x, seed) -> normalise(prepare(x))`` then ``augment`` (pad-crop-flip) if given."""
+    def fn(x, seed):
+        image = normalise(prepare(x))
+        return augment(image, seed) if augment is not None else image
 
     return fn
 
@@ -331,7 +404,7 @@ def digits_split() -> tuple[np.ndarray, np.ndarray]:
     return perm[:n - DIGITS_TEST_EXAMPLES], perm[n - DIGITS_TEST_EXAMPLES:]
 
 
-def _load_digits(batch_size, seed, augment):
+def _load_digits(batch_size, seed, augment, epochs, initial_epoch):
     from dmr_keras.digits import load_digits_images
 
     images, labels = load_digits_images()
@@ -341,9 +414,10 @@ def _load_digits(batch_size, seed, augment):
     mean = tuple(float(m) for m in x_train.mean(axis=(0, 1, 2), dtype="float64"))
     std = tuple(float(s) for s in x_train.std(axis=(0, 1, 2), dtype="float64"))
     normalise = _normalise(mean, std)
+    transform = _train_transform(tf.identity, normalise,
+                                 _pad_crop_augment(4, flip=False) if augment else None)
     train = _finish_train(tf.data.Dataset.from_tensor_slices((x_train, y_train)), batch_size,
-                          seed, len(x_train), _pad_crop_augment(4, flip=False) if augment else None,
-                          normalise)
+                          seed, len(x_train), transform, epochs, initial_epoch)
     test = _finish_eval(tf.data.Dataset.from_tensor_slices((x_test, y_test)), batch_size,
                         normalise)
     info = DataInfo("digits", 10, tuple(x_train.shape[1:]), len(x_train), len(x_test),
@@ -366,9 +440,9 @@ def _split_examples(info, splits, dataset):
         return n
 
 
-def _imagenet_train_fn(size):
-    def fn(encoded, r):
-        box_seed, flip_seed = _element_seeds(r)
+def _imagenet_train_fn(size, normalise):
+    def fn(encoded, seed):
+        box_seed, flip_seed = _element_seeds(seed)
         shape = tf.image.extract_jpeg_shape(encoded)
         begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
             shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
@@ -377,7 +451,7 @@ def _imagenet_train_fn(size):
         window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
         image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
         image = tf.image.resize(image, [size, size], antialias=True) / 255.0
-        return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        return normalise(tf.image.stateless_random_flip_left_right(image, seed=flip_seed))
 
     return fn
 
@@ -408,7 +482,7 @@ def _imagenet_download_config(data_dir):
     return tfds.download.DownloadConfig(manual_dir=manual)
 
 
-def _load_tfds(name, batch_size, seed, data_dir, augment, image_size):
+def _load_tfds(name, data_dir, image_size, batch_size, seed, augment, epochs, initial_epoch):
     import tensorflow_datasets as tfds
 
     spec = _TFDS[name]
@@ -422,7 +496,8 @@ def _load_tfds(name, batch_size, seed, data_dir, augment, image_size):
     train_split = "+".join(spec.train_splits)
     train, tinfo = tfds.load(
         spec.tfds_name, split=train_split, shuffle_files=not spec.cache_train,
-        read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False), **kwargs)
+        read_config=tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=False,
+                                    try_autocache=False), **kwargs)
     test, _ = tfds.load(spec.tfds_name, split=spec.eval_split, shuffle_files=False,
                         read_config=tfds.ReadConfig(try_autocache=False), **kwargs)
     train_examples = _split_examples(tinfo, spec.train_splits, train)
@@ -432,30 +507,31 @@ def _load_tfds(name, batch_size, seed, data_dir, augment, image_size):
 
     if imagenet:
         size = image_size or IMAGENET_IMAGE_SIZE
-        augment_fn = _imagenet_train_fn(size) if augment else None
 
         def to_float(encoded):
             return _imagenet_eval_image(encoded, size)
+
+        if augment:
+            transform = _imagenet_train_fn(size, normalise)
+        else:
+            transform = _train_transform(to_float, normalise, None)
     else:
         size = 32
 
         def to_float(image):
             return tf.cast(image, tf.float32) / 255.0
 
-        augment_fn = None
+        pad_crop = None
         if augment and spec.augment == "pad_crop_flip":
             pad_crop = _pad_crop_augment(4, flip=True)
-
-            def augment_fn(image, r):
-                return pad_crop(to_float(image), r)
-
+        transform = _train_transform(to_float, normalise, pad_crop)
         if spec.cache_train:
             train = train.cache()
         test = test.cache()
     shape = (size, size, 3)
     buffer = min(spec.shuffle_buffer, train_examples)
-    train = _finish_train(train, batch_size, seed, max(buffer, 1), augment_fn, normalise,
-                          to_float)
+    train = _finish_train(train, batch_size, seed, max(buffer, 1), transform, epochs,
+                          initial_epoch)
     test = _finish_eval(test, batch_size, lambda x: normalise(to_float(x)))
     names = tuple(label.names) if getattr(label, "names", None) else None
     info = DataInfo(name, int(label.num_classes), shape, train_examples, eval_examples, names,
@@ -521,7 +597,7 @@ def _scan_images(paths, is_train, size):
     return bad, tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
 
 
-def _load_folder(root, batch_size, seed, validation_split, augment, size):
+def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs, initial_epoch):
     class_names, files = _scan_folder(root)
     train_items, eval_items = folder_split(files, validation_split)
     if not eval_items:
@@ -549,16 +625,10 @@ def _load_folder(root, batch_size, seed, validation_split, augment, size):
             ds = ds.map(lambda p, y: (decode(p), y), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.cache() if cache else ds
 
-    prepare = None if cache else decode
-    augment_fn = None
-    if augment:
-        pad_crop = _pad_crop_augment(max(size // 8, 1), flip=False)
-
-        def augment_fn(x, r):
-            return pad_crop(x if cache else decode(x), r)
-
+    pad_crop = _pad_crop_augment(max(size // 8, 1), flip=False) if augment else None
+    transform = _train_transform(tf.identity if cache else decode, normalise, pad_crop)
     train = _finish_train(items_dataset(train_items, decoded=cache), batch_size, seed,
-                          len(train_items), augment_fn, normalise, prepare)
+                          len(train_items), transform, epochs, initial_epoch)
     test = _finish_eval(items_dataset(eval_items, decoded=True), batch_size, normalise)
     info = DataInfo(FOLDER_PREFIX + root, len(class_names), (size, size, 3), len(train_items),
                     len(eval_items), class_names, mean, std)

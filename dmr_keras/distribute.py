@@ -22,17 +22,26 @@ STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 
 @dataclasses.dataclass
 class Plan:
-    """How a run is distributed: ``strategy`` (TF, or None), replica count, and a description."""
+    """How a run is distributed: ``strategy`` (TF, or None), replica count, a description, and
+    on JAX the ``keras.distribution`` to use (or None).
+
+    Nothing global is set: build, train and evaluate inside :meth:`scope`.
+    """
 
     name: str
     strategy: object
     num_replicas: int
     description: str
+    distribution: object = None
 
     def scope(self):
         import contextlib
 
-        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+        if self.strategy is not None:
+            return self.strategy.scope()
+        if self.distribution is not None:
+            return self.distribution.scope()
+        return contextlib.nullcontext()
 
 
 def check_strategy_name(name: str) -> str:
@@ -109,6 +118,6 @@ def _jax_plan(name: str) -> Plan:
 
     devices = jax.devices()
     if name in ("auto", "mirrored") and len(devices) > 1:
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return Plan("mirrored", None, len(devices), f"JAX DataParallel over {len(devices)}")
+        return Plan("mirrored", None, len(devices), f"JAX DataParallel over {len(devices)}",
+                    distribution=keras.distribution.DataParallel(devices=devices))
     return Plan("none", None, 1, "one device")

@@ -27,11 +27,35 @@ _PACKAGE = "dmr_keras"
 MAPPINGS = ("merge_and_run", "identity", "resnet")
 BLOCK_TYPES = ("basic", "bottleneck")
 SHORTCUTS = ("auto", "projection", "identity", "none")
-OUTPUT_MODES = ("streams", "sum", "concat")
 
-# Reference code (zlmzju/fusenet): BatchNorm(momentum=0.99, eps=2e-5), He-normal conv init.
-BN_MOMENTUM = 0.99
+# The authors' final code (zlmzju/fusenet HEAD 659e6bf, network/base.py; also its ImageNet
+# symbol_cross.py): BatchNorm(momentum=0.9, eps=2e-5), He-normal conv init. Keras' momentum has
+# MXNet's meaning (moving = momentum * moving + (1 - momentum) * batch). The repository's first
+# commit (783185b) used momentum 0.99.
+BN_MOMENTUM = 0.9
 BN_EPSILON = 2e-5
+
+
+def conv_padding(kernel_size: int, strides: int):
+    """Padding as MXNet / PyTorch pad a convolution: ``kernel_size // 2`` on every side.
+
+    Returns ``(explicit_pad, keras_padding)``. Keras ``"same"`` equals symmetric padding for an
+    odd kernel at stride 1, but at stride 2 on an even input it pads only the bottom/right, which
+    shifts every window by one pixel and makes weights non-portable between frameworks; there we
+    pad explicitly and use ``"valid"`` (as ``keras.applications``' ResNet does).
+    """
+    if kernel_size == 1:
+        return 0, "valid"
+    if strides == 1:
+        return 0, "same"
+    return kernel_size // 2, "valid"
+
+
+def symmetric_pad(x, pad: int, value: float = 0.0):
+    """Pad both spatial sides of a channels-last batch by ``pad`` with ``value``."""
+    if not pad:
+        return x
+    return ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], constant_values=value)
 
 
 def _check_positive_int(name: str, value, minimum: int = 1) -> int:
@@ -109,24 +133,31 @@ class _ConvBNStack(keras.layers.Layer):
         specs,
         kernel_initializer="he_normal",
         kernel_regularizer=None,
+        bias_regularizer=None,
         bn_momentum: float = BN_MOMENTUM,
         bn_epsilon: float = BN_EPSILON,
+        zero_init_last_bn: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.zero_init_last_bn = bool(zero_init_last_bn)
         self.convs = []
         self.bns = []
+        self.pads = []
         for i, (filters, kernel_size, strides) in enumerate(specs, start=1):
+            pad, padding = conv_padding(kernel_size, strides)
+            self.pads.append(pad)
             self.convs.append(
                 keras.layers.Conv2D(
                     filters,
                     kernel_size,
                     strides=strides,
-                    padding="same",
+                    padding=padding,
                     use_bias=False,
                     kernel_initializer=self.kernel_initializer,
                     kernel_regularizer=self.kernel_regularizer,
@@ -134,16 +165,27 @@ class _ConvBNStack(keras.layers.Layer):
                     name=f"conv{i}",
                 )
             )
+            last = i == len(specs)
             self.bns.append(
                 keras.layers.BatchNormalization(
-                    momentum=bn_momentum, epsilon=bn_epsilon, dtype=self.dtype_policy,
-                    name=f"bn{i}",
+                    momentum=bn_momentum, epsilon=bn_epsilon,
+                    gamma_initializer="zeros" if last and self.zero_init_last_bn else "ones",
+                    gamma_regularizer=self.bias_regularizer,
+                    beta_regularizer=self.bias_regularizer,
+                    dtype=self.dtype_policy, name=f"bn{i}",
                 )
             )
 
+    def _padded_shape(self, shape, pad):
+        if not pad:
+            return shape
+        grow = [None if d is None else d + 2 * pad for d in shape[1:3]]
+        return (shape[0], *grow, shape[3])
+
     def build(self, input_shape):
         shape = tuple(input_shape)
-        for conv, bn in zip(self.convs, self.bns):
+        for conv, bn, pad in zip(self.convs, self.bns, self.pads):
+            shape = self._padded_shape(shape, pad)
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
             bn.build(shape)
@@ -152,16 +194,16 @@ class _ConvBNStack(keras.layers.Layer):
     def call(self, inputs, training=None):
         x = inputs
         last = len(self.convs) - 1
-        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-            x = bn(conv(x), training=training)
+        for i, (conv, bn, pad) in enumerate(zip(self.convs, self.bns, self.pads)):
+            x = bn(conv(symmetric_pad(x, pad)), training=training)
             if i < last:
                 x = ops.relu(x)
         return x
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape)
-        for conv in self.convs:
-            shape = conv.compute_output_shape(shape)
+        for conv, pad in zip(self.convs, self.pads):
+            shape = conv.compute_output_shape(self._padded_shape(shape, pad))
         return shape
 
     def get_config(self):
@@ -170,8 +212,10 @@ class _ConvBNStack(keras.layers.Layer):
             {
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
                 "bn_momentum": self.bn_momentum,
                 "bn_epsilon": self.bn_epsilon,
+                "zero_init_last_bn": self.zero_init_last_bn,
             }
         )
         return config
@@ -249,28 +293,35 @@ class MergeAndRunBlock(keras.layers.Layer):
     """One K-branch block: merge-and-run (DMRNet), identity (DILNet) or ResNet.
 
     Call it on one tensor (fed to every stream, as the stem feeds the first block) or on a list
-    of stream tensors; it returns a list of streams, or one tensor where there is one stream or
-    ``output_mode`` merges them.
+    of stream tensors. It returns the list of its streams (one tensor where there is one stream).
 
     - ``mapping="merge_and_run"``: K streams, ``x_k <- relu(mean_j s_j(x_j) + H_k(x_k))``.
     - ``mapping="identity"``: one stream, ``x <- relu(s(x) + sum_k H_k(x))`` (DILNet).
     - ``mapping="resnet"``: the identity mapping with ``num_branches=1``.
+
+    With ``return_parts=True`` it returns the un-activated pieces instead,
+    ``[skip, H_1, ..., H_K]`` with ``skip = mean_j s_j(x_j)`` (every mapping), so that a network
+    can combine them in its graph with plain layers: the reference CIFAR head is
+    ``relu(skip + sum_k H_k)`` (``Add`` + ``ReLU``), the 2016 ImageNet head
+    ``relu(sum_k (skip + H_k))``.
 
     Args:
         filters: output channels of every stream.
         num_branches: K >= 1. With ``merge_and_run``, K = 1 is a ResNet block.
         mapping: ``"merge_and_run"``, ``"identity"`` or ``"resnet"``.
         block_type: ``"basic"`` (3x3-3x3) or ``"bottleneck"`` (1x1-3x3-1x1).
-        strides: stride of the block's first spatial convolution.
+        strides: stride of the block's first spatial convolution (padded ``k // 2`` on every
+            side, as MXNet and PyTorch; see :func:`conv_padding`).
         shortcut: ``"auto"`` (projection where shape changes, else identity), ``"projection"``
             (a separate 1x1 conv + BN per stream), ``"identity"``, or ``"none"`` (no skip at all:
             each stream is ``relu(H_k(x_k))``; the first block of each stage in the 2018 form).
-        output_mode: ``"streams"`` (K tensors), ``"sum"`` (``relu(sum_k pre_k)``: the streams
-            summed before the head, no per-stream ReLU) or ``"concat"`` (the K ReLU'd streams
-            concatenated on channels).
+        return_parts: return ``[skip, H_1, ..., H_K]`` un-activated (see above).
         expansion: bottleneck expansion (inner width = ``filters // expansion``).
+        zero_init_last_bn: start the last BatchNorm scale of every branch at 0, so the block
+            starts as its skip mapping (Goyal et al., 2017); not in the reference code.
         kernel_initializer, kernel_regularizer, bn_momentum, bn_epsilon: passed to the
-            convolutions and batch normalizations.
+            convolutions and batch normalizations; ``bias_regularizer`` to BatchNorm's gamma
+            and beta.
 
     Example:
     >>> block = MergeAndRunBlock(16, num_branches=2)
@@ -287,12 +338,14 @@ class MergeAndRunBlock(keras.layers.Layer):
         block_type="basic",
         strides=1,
         shortcut="auto",
-        output_mode="streams",
+        return_parts=False,
         expansion=4,
         kernel_initializer="he_normal",
         kernel_regularizer=None,
+        bias_regularizer=None,
         bn_momentum=BN_MOMENTUM,
         bn_epsilon=BN_EPSILON,
+        zero_init_last_bn=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -302,7 +355,7 @@ class MergeAndRunBlock(keras.layers.Layer):
         self.block_type = _check_choice("block_type", block_type, BLOCK_TYPES)
         self.strides = _check_positive_int("strides", strides)
         self.shortcut = _check_choice("shortcut", shortcut, SHORTCUTS)
-        self.output_mode = _check_choice("output_mode", output_mode, OUTPUT_MODES)
+        self.return_parts = bool(return_parts)
         self.expansion = _check_positive_int("expansion", expansion)
         if mapping == "resnet" and num_branches != 1:
             raise ValueError(
@@ -310,22 +363,31 @@ class MergeAndRunBlock(keras.layers.Layer):
                 f"Received: num_branches={num_branches!r}. Use mapping='identity' (DILNet) for "
                 "several branches on one stream, or 'merge_and_run' for several streams."
             )
+        if self.return_parts and self.shortcut == "none":
+            raise ValueError(
+                "`return_parts=True` returns the skip and the branches, so the block needs a "
+                "skip: use shortcut='auto', 'projection' or 'identity'. Received: shortcut='none'"
+            )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.zero_init_last_bn = bool(zero_init_last_bn)
         self.num_streams = self.num_branches if mapping == "merge_and_run" else 1
 
         common = dict(
             kernel_initializer=self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
             bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon,
             dtype=self.dtype_policy,
         )
         self.branches = [
             ResidualBranch(
-                filters, block_type, strides, expansion, name=f"branch{k + 1}", **common
+                filters, block_type, strides, expansion, name=f"branch{k + 1}",
+                zero_init_last_bn=self.zero_init_last_bn, **common
             )
             for k in range(self.num_branches)
         ]
@@ -383,38 +445,33 @@ class MergeAndRunBlock(keras.layers.Layer):
         if len(streams) == 1 and self.num_streams > 1:
             streams = streams * self.num_streams
         if self.mapping == "merge_and_run":
-            pre = [b(x, training=training) for b, x in zip(self.branches, streams)]
+            branch_inputs = streams
         else:
-            x = streams[0]
-            residual = self.branches[0](x, training=training)
-            for b in self.branches[1:]:
-                residual = ops.add(residual, b(x, training=training))
-            pre = [residual]
-        if self.shortcut != "none":
-            if self.shortcuts:
-                skips = [sc(x, training=training) for sc, x in zip(self.shortcuts, streams)]
-            else:
-                skips = streams[: self.num_streams]
-            merged = stream_mean(skips)
-            pre = [ops.add(merged, h) for h in pre]
-        if len(pre) == 1:
-            return ops.relu(pre[0])
-        if self.output_mode == "sum":
-            total = pre[0]
-            for p in pre[1:]:
-                total = ops.add(total, p)
-            return ops.relu(total)
-        out = [ops.relu(p) for p in pre]
-        if self.output_mode == "concat":
-            return ops.concatenate(out, axis=-1)
-        return out
+            branch_inputs = [streams[0]] * self.num_branches
+        residuals = [b(x, training=training) for b, x in zip(self.branches, branch_inputs)]
+        if self.shortcut == "none":
+            skip = None
+        elif self.shortcuts:
+            skip = stream_mean(
+                [sc(x, training=training) for sc, x in zip(self.shortcuts, streams)])
+        else:
+            skip = stream_mean(streams[: self.num_streams])
+        if self.return_parts:
+            return [skip] + residuals
+        if self.mapping == "merge_and_run":
+            pre = residuals if skip is None else [ops.add(skip, h) for h in residuals]
+            return _one_or_list([ops.relu(p) for p in pre])
+        total = residuals[0] if skip is None else ops.add(skip, residuals[0])
+        for h in residuals[1:]:
+            total = ops.add(total, h)
+        return ops.relu(total)
 
     def compute_output_shape(self, input_shape):
         shape = self.branches[0].compute_output_shape(self._stream_shapes(input_shape)[0])
-        if self.num_streams == 1 or self.output_mode == "sum":
+        if self.return_parts:
+            return [shape for _ in range(self.num_branches + 1)]
+        if self.num_streams == 1:
             return shape
-        if self.output_mode == "concat":
-            return shape[:-1] + (shape[-1] * self.num_streams,)
         return [shape for _ in range(self.num_streams)]
 
     def get_config(self):
@@ -427,12 +484,53 @@ class MergeAndRunBlock(keras.layers.Layer):
                 "block_type": self.block_type,
                 "strides": self.strides,
                 "shortcut": self.shortcut,
-                "output_mode": self.output_mode,
+                "return_parts": self.return_parts,
                 "expansion": self.expansion,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
                 "bn_momentum": self.bn_momentum,
                 "bn_epsilon": self.bn_epsilon,
+                "zero_init_last_bn": self.zero_init_last_bn,
             }
+        )
+        return config
+
+
+def _one_or_list(tensors):
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SymmetricMaxPooling2D(keras.layers.Layer):
+    """Max pooling padded by ``padding`` on every side with -inf, as MXNet's ``Pooling(pad=p)``.
+
+    Keras ``"same"`` max pooling at stride 2 on an even input pads only bottom/right; the
+    reference ImageNet code pads both sides (and its 2018 stem has no ReLU before the pool, so
+    padding with zeros would not be the same either).
+    """
+
+    def __init__(self, pool_size=3, strides=2, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = _check_positive_int("pool_size", pool_size)
+        self.strides = _check_positive_int("strides", strides)
+        self.padding = _check_positive_int("padding", padding, minimum=0)
+
+    def call(self, inputs):
+        x = symmetric_pad(inputs, self.padding, value=float("-inf"))
+        return ops.max_pool(x, self.pool_size, self.strides, padding="valid")
+
+    def compute_output_shape(self, input_shape):
+        def side(d):
+            if d is None:
+                return None
+            return (d + 2 * self.padding - self.pool_size) // self.strides + 1
+
+        return (input_shape[0], side(input_shape[1]), side(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"pool_size": self.pool_size, "strides": self.strides, "padding": self.padding}
         )
         return config

@@ -4,17 +4,22 @@ Forms (see ``shared/PAPER.md`` and the reference code ``zlmzju/fusenet``):
 
 - ``"cifar"``: conv3x3 stem (16w channels, BN, ReLU), three stages of n blocks with 16w, 32w, 64w
   channels, stride 2 at stages 2 and 3 with per-stream projections; depth 6n+2 (basic) or 9n+2
-  (bottleneck). The streams are summed after the last block, then ReLU, global average pooling
-  and the classifier.
-- ``"imagenet2016"``: conv7x7/2-BN-ReLU and maxpool3x3/2 stem, four stages of bottleneck blocks
-  (64w, 128w, 256w, 512w inner channels, 4x expansion), per-stream projections at each stage's
-  first block, streams summed before pooling.
-- ``"imagenet2018"``: as 2016 but the stem conv has no BN, the first block of every stage has no
-  shortcut (each stream runs a strided bottleneck) and the streams are concatenated before
-  pooling.
+  (bottleneck). The last block's streams leave as the authors' final code merges them
+  (``cross.py``, ``last=True``): ``relu(mean_j s_j(x_j) + sum_k H_k(x_k))``, the merged skip
+  counted once; then global average pooling and the classifier.
+- ``"imagenet2016"``: conv7x7/2-BN-ReLU and maxpool3x3/2 (no padding) stem, four stages of
+  bottleneck blocks (64w, 128w, 256w, 512w inner channels, 4x expansion), per-stream projections
+  at each stage's first block; after the last block ``relu(sum_k (skip + H_k))``.
+- ``"imagenet2018"``: the stem is a bare conv7x7/2 (no bias, no BN, no ReLU) and a maxpool3x3/2
+  padded by 1; the first block of every stage has no shortcut (each stream runs a strided
+  bottleneck) and the K streams are concatenated before pooling.
+
+Every convolution is padded ``k // 2`` on every side as in MXNet and PyTorch (explicitly where
+Keras' ``"same"`` would differ: stride 2), so weights port between frameworks.
 
 Every layer has a stable name: ``stem_conv``, ``stage{s}_block{b}`` (with ``branch{k}/conv{i}``
-and ``shortcut{k}/conv1`` inside), ``avg_pool``, ``predictions``. :func:`stage_outputs` gives each
+and ``shortcut{k}/conv1`` inside), ``head_add``/``head_relu``/``head_concat``, ``avg_pool``,
+``predictions``. :func:`stage_outputs` gives each
 stage's output for feature extraction.
 """
 
@@ -31,6 +36,7 @@ from dmr_keras.layers import (
     BN_MOMENTUM,
     MAPPINGS,
     MergeAndRunBlock,
+    SymmetricMaxPooling2D,
     _check_choice,
     _check_positive_int,
 )
@@ -186,6 +192,8 @@ def build_model(
     classes: int | None = None,
     classifier_activation="softmax",
     kernel_regularizer=None,
+    bias_regularizer=None,
+    zero_init_last_bn: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Build a DMRNet (merge-and-run), DILNet (identity) or ResNet as a functional Keras model.
@@ -207,6 +215,13 @@ def build_model(
         classifier_activation: activation of the classifier; ``None`` gives logits. Always
             computed in float32, also under a mixed-precision policy.
         kernel_regularizer: optional regularizer for every convolution and dense kernel.
+        bias_regularizer: optional regularizer for every other parameter (BatchNorm gamma and
+            beta, the classifier's bias). MXNet's ``wd``, which the reference recipe uses,
+            decays these too.
+        zero_init_last_bn: start the last BatchNorm scale of every residual branch at zero, so
+            each block starts as its skip mapping and a deep network starts near a shallow one
+            (Goyal et al., 2017). Not in the reference code; it changes only the initial
+            values, not the architecture.
         name: model name; defaults to ``{dmrnet|dilnet|resnet}_{depth}``.
 
     Example:
@@ -245,47 +260,63 @@ def build_model(
             "keras.config.set_image_data_format('channels_last') first."
         )
     regularizer = keras.regularizers.get(kernel_regularizer)
+    other_regularizer = keras.regularizers.get(bias_regularizer)
     img_input, source_inputs = _resolve_input(form, input_tensor, input_shape)
 
-    # Stem.
+    # Stem. Convolutions and the pool are padded as the reference (MXNet) pads them.
     if form == "cifar":
         x = keras.layers.Conv2D(
             base[0], 3, padding="same", use_bias=False, kernel_initializer="he_normal",
             kernel_regularizer=regularizer, name="stem_conv",
         )(img_input)
     else:
+        x = keras.layers.ZeroPadding2D(3, name="stem_pad")(img_input)
         x = keras.layers.Conv2D(
-            base[0], 7, strides=2, padding="same", use_bias=form == "imagenet2018",
+            base[0], 7, strides=2, padding="valid", use_bias=False,
             kernel_initializer="he_normal", kernel_regularizer=regularizer, name="stem_conv",
-        )(img_input)
-    if form != "imagenet2018":
-        x = keras.layers.BatchNormalization(
-            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="stem_bn"
         )(x)
-    x = keras.layers.ReLU(name="stem_relu")(x)
-    if form != "cifar":
-        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    if form != "imagenet2018":  # the 2018 stem is a bare conv (symbol_cross.py)
+        x = keras.layers.BatchNormalization(
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_regularizer=other_regularizer,
+            beta_regularizer=other_regularizer, name="stem_bn",
+        )(x)
+        x = keras.layers.ReLU(name="stem_relu")(x)
+    if form == "imagenet2016":  # Pooling(kernel 3, stride 2, pad 0)
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(x)
+    elif form == "imagenet2018":  # Pooling(kernel 3, stride 2, pad 1), on un-activated input
+        x = SymmetricMaxPooling2D(3, strides=2, padding=1, name="stem_pool")(x)
 
     # Stages of merge-and-run (or identity / resnet) blocks.
     last_stage = len(blocks) - 1
     for s, (n, filters) in enumerate(zip(blocks, stage_filters)):
         for b in range(n):
             first, last = b == 0, (s == last_stage and b == n - 1)
-            shortcut = "auto"
-            if first and form == "imagenet2018":
-                shortcut = "none"
-            x = MergeAndRunBlock(
+            block = MergeAndRunBlock(
                 filters,
                 num_branches=num_branches,
                 mapping=mapping,
                 block_type=block_type,
                 strides=2 if (first and s > 0) else 1,
-                shortcut=shortcut,
-                output_mode=("concat" if form == "imagenet2018" else "sum") if last else "streams",
+                shortcut="none" if first and form == "imagenet2018" else "auto",
+                return_parts=last and form != "imagenet2018",
                 expansion=4 if block_type == "bottleneck" else 1,
                 kernel_regularizer=regularizer,
+                bias_regularizer=other_regularizer,
+                zero_init_last_bn=zero_init_last_bn,
                 name=f"stage{s + 1}_block{b + 1}",
-            )(x)
+            )
+            x = block(x)
+    # The streams leave the last block as the reference code merges them, with plain layers:
+    # CIFAR (cross.py, last=True): relu(skip + sum_k H_k), the merged skip counted once;
+    # ImageNet 2016: relu(sum_k (skip + H_k)); ImageNet 2018: the K streams concatenated.
+    if form == "cifar":
+        x = keras.layers.ReLU(name="head_relu")(keras.layers.Add(name="head_add")(x))
+    elif form == "imagenet2016":
+        skip, residuals = x[0], x[1:]
+        x = keras.layers.Add(name="head_add")([skip] * block.num_streams + residuals)
+        x = keras.layers.ReLU(name="head_relu")(x)
+    elif isinstance(x, list):
+        x = keras.layers.Concatenate(name="head_concat")(x)
 
     # Head.
     policy = keras.config.dtype_policy()
@@ -294,7 +325,7 @@ def build_model(
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dense(
             classes, activation=classifier_activation, kernel_regularizer=regularizer,
-            dtype=head_dtype, name="predictions",
+            bias_regularizer=other_regularizer, dtype=head_dtype, name="predictions",
         )(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -329,7 +360,7 @@ def stage_outputs(model: keras.Model) -> dict:
     """Each stage's output, keyed ``"stage1"``, ``"stage2"``, ...: for feature extraction.
 
     A stage's output is its last block's: a list of K stream tensors inside the network, one
-    tensor for the last stage (streams merged) or single-stream networks.
+    tensor for the last stage (the streams merged by the head layers) or single-stream networks.
 
     Example:
     >>> m = build_model(20)
@@ -344,4 +375,9 @@ def stage_outputs(model: keras.Model) -> dict:
                 last[s] = (b, layer)
     if not last:
         raise ValueError(f"Model '{model.name}' has no layers named stage{{s}}_block{{b}}.")
-    return {f"stage{s}": last[s][1].output for s in sorted(last)}
+    outputs = {f"stage{s}": last[s][1].output for s in sorted(last)}
+    # The last block returns its parts; the head layers merge them into the stage's output.
+    head = [layer for layer in model.layers if layer.name in ("head_relu", "head_concat")]
+    if head:
+        outputs[f"stage{max(last)}"] = head[0].output
+    return outputs

@@ -29,27 +29,79 @@ SCHEDULES = ("paper", "cosine")
 CHECKPOINT_STATE = "checkpoint.json"
 
 
+@keras.saving.register_keras_serializable(package="dmr_keras")
+class Warmup(keras.optimizers.schedules.LearningRateSchedule):
+    """A linear learning-rate warm-up in front of another schedule.
+
+    For ``step < warmup_steps`` the rate rises linearly from ``start_factor * after(0)`` to
+    ``after(0)``; from then on it is ``after(step)`` (the wrapped schedule is not shifted, so its
+    boundaries stay where the paper puts them). He et al. (2016) warmed ResNet-110 up at a tenth
+    of the rate for about one epoch; Goyal et al. (2017) made the rise linear.
+    """
+
+    def __init__(self, after, warmup_steps: int, start_factor: float = 0.1):
+        self.after = after
+        self.warmup_steps = int(warmup_steps)
+        self.start_factor = float(start_factor)
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        target = ops.cast(self.after(0), "float32")
+        frac = ops.minimum(step / max(self.warmup_steps, 1), 1.0)
+        warm = target * (self.start_factor + (1.0 - self.start_factor) * frac)
+        return ops.where(step < self.warmup_steps, warm, ops.cast(self.after(step), "float32"))
+
+    def get_config(self):
+        return {
+            "after": keras.optimizers.schedules.serialize(self.after),
+            "warmup_steps": self.warmup_steps,
+            "start_factor": self.start_factor,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["after"] = keras.optimizers.schedules.deserialize(config["after"])
+        return cls(**config)
+
+
 def learning_rate_schedule(
-    name: str, base_lr: float, epochs: int, steps_per_epoch: int, imagenet: bool = False
+    name: str, base_lr: float, epochs: int, steps_per_epoch: int, imagenet: bool = False,
+    warmup_epochs: float = 0,
 ):
     """A per-step learning-rate schedule.
 
     ``paper``: the reference code's steps, x0.1 at 1/2, 3/4 and 7/8 of the run (CIFAR, SVHN,
     digits, folders), or x0.1 every 30 epochs for ImageNet. ``cosine``: cosine decay to 0.
+    ``warmup_epochs`` > 0 puts a linear warm-up from a tenth of ``base_lr`` in front
+    (:class:`Warmup`); it ends at least one step before the first decay.
     """
     if name not in SCHEDULES:
         raise ValueError(f"Unknown `schedule`: {name!r}. Valid values: {', '.join(SCHEDULES)}")
+    if not (isinstance(warmup_epochs, (int, float)) and math.isfinite(warmup_epochs)
+            and warmup_epochs >= 0):
+        raise ValueError(f"`warmup_epochs` must be a number >= 0. Received: {warmup_epochs!r}")
     total = max(1, epochs * steps_per_epoch)
     if name == "cosine":
-        return keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=total)
-    if imagenet:
-        boundaries = [e * steps_per_epoch for e in range(30, epochs, 30)]
+        schedule = keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=total)
     else:
-        boundaries = sorted({max(1, int(total * f)) for f in (0.5, 0.75, 0.875)})
-    if not boundaries:
-        return keras.optimizers.schedules.PiecewiseConstantDecay([total], [base_lr, base_lr])
-    values = [base_lr * 0.1**i for i in range(len(boundaries) + 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+        if imagenet:
+            boundaries = [e * steps_per_epoch for e in range(30, epochs, 30)]
+        else:
+            boundaries = sorted({max(1, int(total * f)) for f in (0.5, 0.75, 0.875)})
+        if not boundaries:
+            boundaries = [total]
+            values = [base_lr, base_lr]
+        else:
+            values = [base_lr * 0.1**i for i in range(len(boundaries) + 1)]
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    if warmup_steps > 0:
+        if name == "paper":
+            warmup_steps = min(warmup_steps, max(schedule.boundaries[0] - 1, 1))
+        schedule = Warmup(schedule, warmup_steps)
+    return schedule
 
 
 def make_optimizer(schedule) -> keras.optimizers.Optimizer:
@@ -63,6 +115,47 @@ def kernel_weight_decay(weight_decay: float):
             and weight_decay >= 0):
         raise ValueError(f"`weight_decay` must be a number >= 0. Received: {weight_decay!r}")
     return keras.regularizers.L2(weight_decay / 2) if weight_decay > 0 else None
+
+
+# ---- batch-norm statistics ------------------------------------------------------------------
+
+def _batchnorm_layers(layer):
+    found = []
+    for sub in layer._flatten_layers(include_self=True, recursive=True):
+        if isinstance(sub, keras.layers.BatchNormalization):
+            found.append(sub)
+    return found
+
+
+def precise_batchnorm(model: keras.Model, batches, max_batches: int = 100) -> int:
+    """Replace every BatchNorm's moving statistics by their average over ``batches``.
+
+    "Precise BN" (Wu & Johnson, 2021; timm, detectron2): the moving averages a run ends with
+    weight its last steps most, taken while the weights still moved; evaluation is better served
+    by the equal-weight average of the batch statistics of the final weights. ``batches`` yields
+    images (or ``(images, labels)``), typically the training set without augmentation. Each
+    layer's momentum is set to ``i / (i + 1)`` for the i-th batch, so the moving value becomes
+    the running mean, then restored. Weights other than the moving statistics are unchanged.
+    Returns the number of batches used.
+    """
+    bns = _batchnorm_layers(model)
+    if not bns:
+        return 0
+    saved = [bn.momentum for bn in bns]
+    used = 0
+    try:
+        for batch in batches:
+            if used >= max_batches:
+                break
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for bn in bns:
+                bn.momentum = used / (used + 1)
+            model(images, training=True)
+            used += 1
+    finally:
+        for bn, momentum in zip(bns, saved):
+            bn.momentum = momentum
+    return used
 
 
 # ---- checkpoints ----------------------------------------------------------------------------

@@ -83,7 +83,10 @@ def _randomize(layer, rng):
 
 
 def _conv_bn(x, conv, bn, strides):
-    y = _np(ops.conv(x, conv.kernel, strides=strides, padding="same"))
+    # Pad k // 2 on every side, as MXNet / PyTorch (Keras 'same' differs at stride 2).
+    p = conv.kernel.shape[0] // 2
+    x = np.pad(x, [(0, 0), (p, p), (p, p), (0, 0)])
+    y = _np(ops.conv(x, conv.kernel, strides=strides, padding="valid"))
     g, b, mu, var = (_np(v) for v in (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance))
     return g * (y - mu) / np.sqrt(var + bn.epsilon) + b
 
@@ -137,22 +140,25 @@ def test_identity_mapping_matches_literal_reference():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_output_modes():
+@pytest.mark.parametrize("mapping, k", [("merge_and_run", 2), ("merge_and_run", 3),
+                                        ("identity", 3), ("resnet", 1)])
+def test_return_parts(mapping, k):
     rng = np.random.default_rng(4)
-    streams = [rng.standard_normal((1, 4, 4, 4)).astype("float32") for _ in range(2)]
-    kwargs = dict(filters=4, num_branches=2)
-    base = MergeAndRunBlock(**kwargs)
-    base(streams)
+    n_in = k if mapping == "merge_and_run" else 1
+    streams = [rng.standard_normal((1, 4, 4, 4)).astype("float32") for _ in range(n_in)]
+    base = MergeAndRunBlock(4, num_branches=k, mapping=mapping)
+    base(streams if n_in > 1 else streams[0])
     _randomize(base, rng)
-    pre = [sum(streams) / 2 + _reference_branch(x, b, 1)
-           for x, b in zip(streams, base.branches)]
-    for mode, expected in [("sum", np.maximum(pre[0] + pre[1], 0)),
-                           ("concat", np.concatenate([np.maximum(p, 0) for p in pre], -1))]:
-        block = MergeAndRunBlock(**kwargs, output_mode=mode)
-        block(streams)
-        block.set_weights(base.get_weights())
-        np.testing.assert_allclose(_np(block(streams, training=False)), expected,
-                                   rtol=1e-4, atol=1e-4)
+    block = MergeAndRunBlock(4, num_branches=k, mapping=mapping, return_parts=True)
+    parts = block(streams if n_in > 1 else streams[0])
+    block.set_weights(base.get_weights())
+    parts = [_np(p) for p in block(streams if n_in > 1 else streams[0], training=False)]
+    inputs = streams if n_in > 1 else streams * k
+    residuals = [_reference_branch(x, b, 1) for x, b in zip(inputs, base.branches)]
+    assert len(parts) == k + 1
+    np.testing.assert_allclose(parts[0], sum(streams) / n_in, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(parts[1:], residuals):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_bottleneck_branch_shapes_and_names():
@@ -166,8 +172,9 @@ def test_bottleneck_branch_shapes_and_names():
 
 
 def test_layer_config_round_trip():
-    for layer in [MergeAndRunBlock(8, 3, block_type="bottleneck", strides=2, output_mode="concat",
-                                   kernel_regularizer="l2", name="b"),
+    for layer in [MergeAndRunBlock(8, 3, block_type="bottleneck", strides=2, return_parts=True,
+                                   kernel_regularizer="l2", bias_regularizer="l2",
+                                   zero_init_last_bn=True, name="b"),
                   ResidualBranch(8, strides=2), ProjectionShortcut(8, 2), MergeAndRun()]:
         clone = layer.__class__.from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()

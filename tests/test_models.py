@@ -22,19 +22,23 @@ def test_cifar_form_structure():
     # Stage transitions get one projection per stream; other blocks none.
     assert len(model.get_layer("stage2_block1").shortcuts) == 2
     assert model.get_layer("stage1_block1").shortcuts == []
-    assert model.get_layer("stage3_block2").output_mode == "sum"
+    assert model.get_layer("stage3_block2").return_parts
+    assert names[-4:-2] == ["head_add", "head_relu"]
 
 
 def test_imagenet_forms_structure():
     m16 = build_model(form="imagenet2016", blocks=(1, 1, 1, 1), width=0.125,
                       input_shape=(64, 64, 3))
-    assert m16.get_layer("stem_pool").output.shape == (None, 16, 16, 8)
+    # MXNet pads the 7x7/2 stem by 3 and does not pad the pool: 64 -> 32 -> 15.
+    assert m16.get_layer("stem_pool").output.shape == (None, 15, 15, 8)
     assert len(m16.get_layer("stage1_block1").shortcuts) == 2  # 8 -> 32 channels: projected
-    assert m16.get_layer("stage4_block1").output.shape == (None, 2, 2, 256)
+    assert m16.get_layer("stage4_block1").output[0].shape == (None, 2, 2, 256)  # parts
+    assert m16.get_layer("stage4_block1").strides == 2
     m18 = build_model(form="imagenet2018", blocks=(1, 1, 1, 2), width=0.125,
                       input_shape=(64, 64, 3), include_top=False)
     assert "stem_bn" not in [layer.name for layer in m18.layers]
-    assert m18.get_layer("stem_conv").use_bias
+    assert not m18.get_layer("stem_conv").use_bias
+    assert "stem_relu" not in [layer.name for layer in m18.layers]
     for s in (1, 2, 3, 4):
         assert m18.get_layer(f"stage{s}_block1").shortcut == "none"
     assert m18.get_layer("stage4_block2").shortcuts == []
@@ -61,7 +65,7 @@ def test_mappings_and_stage_outputs(mapping, k, streams):
 def test_include_top_false_pooling(pooling, shape):
     model = build_model(**TINY, include_top=False, pooling=pooling)
     assert model.output_shape == shape
-    assert model.layers[-1].name == {None: "stage3_block1", "avg": "avg_pool",
+    assert model.layers[-1].name == {None: "head_relu", "avg": "avg_pool",
                                      "max": "max_pool"}[pooling]
 
 

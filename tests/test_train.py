@@ -33,8 +33,7 @@ def _cli(*args):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    # Batch 16 gives 89 steps an epoch: BN's moving averages (momentum 0.99) need a few hundred
-    # steps before inference-mode accuracy means anything.
+    # Batch 16 gives 89 steps an epoch.
     metrics = train(**dict(TINY, batch_size=16), epochs=4, output=str(out), seed=1)
     return out, metrics
 
@@ -91,11 +90,24 @@ def test_tensorboard_serves_the_run_scalars(digits_run):
         proc.wait()
 
 
-def test_resume_after_sigkill(tmp_path):
+def _weights_h5(path):
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
+    def args(out):
+        return _cli("--model", "dmrnet_8_tiny", "--epochs", "4", "--output", str(out),
+                    "--verbose", "2", "--seed", "5")
+
     out = tmp_path / "killed"
-    args = _cli("--model", "dmrnet_8_tiny", "--epochs", "4", "--output", str(out),
-                "--verbose", "2", "--seed", "5")
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args(out), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     state = out / "checkpoints" / "checkpoint.json"
     try:
         deadline = time.time() + 300
@@ -112,7 +124,7 @@ def test_resume_after_sigkill(tmp_path):
     assert 1 <= killed_at < 4
     assert not (out / "metrics.json").exists()
 
-    again = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(args(out), env=_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"Resuming from epoch {killed_at}" in again.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -122,6 +134,57 @@ def test_resume_after_sigkill(tmp_path):
     model = keras.saving.load_model(out / "model.keras")
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4 * (1437 // 64)
     assert not list(out.rglob("*.tmp*"))
+
+    # The same command, never interrupted: the same weights and the same per-epoch history.
+    whole = tmp_path / "whole"
+    proc = subprocess.run(args(whole), env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reference = json.loads((whole / "metrics.json").read_text())
+    resumed_w, whole_w = _weights_h5(out / "model.weights.h5"), _weights_h5(
+        whole / "model.weights.h5")
+    assert resumed_w.keys() == whole_w.keys() and len(whole_w) > 20
+    for name in whole_w:
+        np.testing.assert_allclose(resumed_w[name], whole_w[name], rtol=1e-6, atol=1e-6,
+                                   err_msg=name)
+    np.testing.assert_allclose(metrics["history"]["loss"], reference["history"]["loss"],
+                               rtol=1e-6)
+    assert metrics["test_accuracy"] == reference["test_accuracy"]
+
+
+def test_changed_settings_are_refused_and_finished_runs_left_alone(digits_run):
+    out, metrics = digits_run
+    before = {name: (out / name).read_bytes() for name in ("metrics.json", "model.keras")}
+    mtimes = {name: (out / name).stat().st_mtime_ns for name in before}
+    for change, shown in [(dict(lr=0.05), "lr: 0.1 there, 0.05 now"),
+                          (dict(epochs=5), "epochs: 4 there, 5 now"),
+                          (dict(seed=2), "seed: 1 there, 2 now"),
+                          (dict(batch_size=32), "batch_size: 16 there, 32 now"),
+                          (dict(weight_decay=0.0), "weight_decay: 0.0001 there, 0.0 now"),
+                          (dict(schedule="cosine"), "schedule: 'paper' there, 'cosine' now"),
+                          (dict(model="dmrnet_20"), "model: 'dmrnet_8_tiny' there")]:
+        args = dict(TINY, batch_size=16, epochs=4, output=str(out), seed=1)
+        args.update(change)
+        with pytest.raises(ValueError) as err:
+            train(**args)
+        assert shown in str(err.value) and "--overwrite" in str(err.value)
+    # The same finished run again: nothing is trained and nothing is written.
+    again = train(**dict(TINY, batch_size=16), epochs=4, output=str(out), seed=1)
+    assert again == json.loads(before["metrics.json"])
+    assert again["wall_time_s"] == metrics["wall_time_s"]
+    for name, data in before.items():
+        assert (out / name).read_bytes() == data, name
+        assert (out / name).stat().st_mtime_ns == mtimes[name], name
+
+
+def test_overwrite_discards_the_old_run(tmp_path):
+    out = tmp_path / "run"
+    train(**TINY, epochs=1, output=str(out), seed=3)
+    with pytest.raises(ValueError, match="lr: 0.1 there, 0.2 now"):
+        train(**TINY, epochs=1, output=str(out), seed=3, lr=0.2)
+    metrics = train(**TINY, epochs=1, output=str(out), seed=3, lr=0.2, overwrite=True)
+    assert json.loads((out / "run.json").read_text())["lr"] == 0.2
+    assert metrics["hparams"]["lr"] == 0.2
+    assert json.loads((out / "checkpoints" / "checkpoint.json").read_text())["epoch"] == 1
 
 
 def test_same_seed_same_weights(tmp_path):

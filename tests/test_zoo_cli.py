@@ -1,6 +1,7 @@
 """`dmr-zoo` and the shipped pretrained weights, measured through the public API."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -62,3 +63,57 @@ def test_cli_list_info_fetch_verify(capsys, tmp_path, monkeypatch):
 def test_publish_errors(tmp_path):
     with pytest.raises(ValueError, match="metrics.json is missing"):
         cli.publish(tmp_path, "cifar10")
+
+
+def _verify_lines(out):
+    """``{key: {(status, where), ...}}`` from the per-file lines of ``dmr-zoo verify``."""
+    lines = {}
+    for line in out.splitlines()[:-1]:
+        status, key, where = re.split(r"\s{2,}", line)[:3]
+        lines.setdefault(key, set()).add((status, where))
+    return lines
+
+
+def test_cli_verify_reports_each_key_and_fails_on_bad(capsys, tmp_path, monkeypatch):
+    import hashlib
+
+    from zoo import weights
+
+    monkeypatch.setenv("DMR_KERAS_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DMR_KERAS_MIRROR", raising=False)
+    shipped = weights.load_manifest()
+    record = shipped[KEY].to_json()
+    blobs, manifest = {}, {"format": 1, "weights": {}}
+    for model in ("dmrnet_8", "dmrnet_20"):  # one file name, different bytes
+        blobs[model] = bytes(range(256)) * 4 + model.encode()
+        src = tmp_path / "origin" / model / "model.weights.h5"
+        src.parent.mkdir(parents=True)
+        src.write_bytes(blobs[model])
+        manifest["weights"][f"{model}.mine"] = {
+            **record, "model": model, "tag": "mine", "file_name": "model.weights.h5",
+            "sha256": hashlib.sha256(blobs[model]).hexdigest(), "origin": src.as_uri()}
+    manifest["weights"]["dmrnet_32.mine"] = {  # never fetched
+        **record, "model": "dmrnet_32", "tag": "mine", "file_name": "model.weights.h5",
+        "sha256": hashlib.sha256(b"elsewhere").hexdigest(), "origin": None}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("DMR_KERAS_MANIFESTS", str(tmp_path / "m.json"))
+
+    paths = {}
+    for model in ("dmrnet_8", "dmrnet_20"):
+        assert cli.main(["fetch", f"{model}.mine"]) == 0
+        paths[model] = weights.Path(capsys.readouterr().out.strip())
+        assert paths[model].read_bytes() == blobs[model]
+    assert paths["dmrnet_8"] != paths["dmrnet_20"]
+    assert cli.main(["verify"]) == 0
+    lines = _verify_lines(capsys.readouterr().out)
+    assert lines[KEY] == {("OK", "shipped")}
+    assert lines["dmrnet_8.mine"] == lines["dmrnet_20.mine"] == {("OK", "cache")}
+    assert lines["dmrnet_32.mine"] == {("MISSING", "-")}
+
+    paths["dmrnet_20"].write_bytes(b"corrupted")
+    assert cli.main(["verify"]) == 1
+    out = capsys.readouterr().out
+    lines = _verify_lines(out)
+    assert lines["dmrnet_20.mine"] == {("BAD", "cache")}
+    assert lines["dmrnet_8.mine"] == {("OK", "cache")} and lines[KEY] == {("OK", "shipped")}
+    assert out.splitlines()[-1].endswith("1 BAD")

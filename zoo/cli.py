@@ -3,7 +3,7 @@
     dmr-zoo list [PATTERN]                  a table of models (and their weight tags)
     dmr-zoo info NAME                       the model card as JSON
     dmr-zoo fetch NAME.TAG                  resolve a weights file (package, cache, mirror, URL)
-    dmr-zoo verify                          re-hash the cached weight files
+    dmr-zoo verify                          re-hash shipped and cached weights per key
     dmr-zoo publish RUN_DIR --tag TAG       a finished dmr-train run -> a manifest entry
     dmr-zoo export NAME[.TAG] --format saved_model|onnx|tflite --output PATH
 """
@@ -54,14 +54,16 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from zoo.weights import cache_dir, verify_cache
+    from zoo import weights
 
-    results = verify_cache()
-    for name, ok in results:
-        print(f"{'ok ' if ok else 'BAD'}  {name}")
-    print(f"{len(results)} file(s) checked in {cache_dir()}; "
-          f"{sum(not ok for _, ok in results)} bad")
-    return 1 if any(not ok for _, ok in results) else 0
+    results = weights.verify_cache()
+    for r in results:
+        detail = f"  sha256 {r.actual}, expected {r.expected}" if r.status == "BAD" else ""
+        print(f"{r.status:<7}  {r.key}  {r.where}  {r.path}{detail}")
+    counts = {s: sum(r.status == s for r in results) for s in ("OK", "MISSING", "BAD")}
+    print(f"{len({r.key for r in results})} key(s) checked in {weights.SHIPPED_DIR} and "
+          f"{weights.cache_dir()}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 1 if counts["BAD"] else 0
 
 
 def publish(run_dir, tag: str, *, manifest=None, dest=None, origin=None,
@@ -143,7 +145,7 @@ def build_parser():
     s = sub.add_parser("fetch", help="resolve and check a weights file")
     s.add_argument("key", help="NAME.TAG, e.g. dmrnet_8_tiny.digits")
     s.set_defaults(fn=cmd_fetch)
-    s = sub.add_parser("verify", help="re-hash the weights cache")
+    s = sub.add_parser("verify", help="re-hash shipped and cached weights: OK/MISSING/BAD")
     s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("publish", help="turn a dmr-train run into a manifest entry")
     s.add_argument("run_dir")

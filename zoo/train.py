@@ -6,16 +6,23 @@ The same as a Python function: ``zoo.train.train(model="dmrnet_20", dataset="dig
 
 Everything is checked before any data is read or any model built. Every epoch ends with a
 checkpoint (``OUTPUT/checkpoints``); running the same command again after a kill resumes from
-the newest one and stops at the requested number of epochs. In ``OUTPUT`` at the end:
-``model.keras``, ``model.weights.h5``, ``metrics.json``, ``curves.png`` and TensorBoard logs in
-``logs/`` (scalars and the run's hyperparameters). Every file is written atomically.
+the newest one and ends with the weights the uninterrupted run would have had (each epoch's
+order and augmentation come from ``(seed, epoch)``; on the CPU ops are deterministic). The
+settings that define a run are kept in ``OUTPUT/run.json``: running into that directory with
+different ones is an error naming them, unless ``--overwrite``; running a finished run again
+changes nothing. In ``OUTPUT`` at the end: ``model.keras``, ``model.weights.h5``,
+``metrics.json``, ``curves.png`` and TensorBoard logs in ``logs/`` (scalars and the run's
+hyperparameters). Every file is written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,10 +31,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULTS = dict(
     model="dmrnet_20", dataset="digits", epochs=15, batch_size=64, lr=0.1, weight_decay=1e-4,
-    schedule="paper", strategy="auto", mixed_precision=False, seed=0, output=None,
+    weight_decay_scope="all", schedule="paper", warmup_epochs=1.0, zero_init_last_bn=True,
+    precise_bn=True, strategy="auto", mixed_precision=False, seed=0, output=None,
     init_weights=None, freeze_backbone=False, data_dir=None, validation_split=0.1,
-    verbose=1, cpu_devices=None, cpu_threads="auto",
+    verbose=1, cpu_devices=None, cpu_threads="auto", deterministic=None, overwrite=False,
 )
+WEIGHT_DECAY_SCOPES = ("all", "kernels")
+RUN_FILE = "run.json"
+# The settings that define what a run computes. Re-running into a directory with other values
+# for any of them is refused (unless overwrite): a resumed run must be the same run.
+RUN_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "weight_decay",
+            "weight_decay_scope", "schedule", "warmup_epochs", "zero_init_last_bn", "precise_bn",
+            "seed", "mixed_precision", "init_weights", "freeze_backbone", "validation_split")
+# What dmr-train writes into its output directory (and --overwrite removes).
+_OUTPUTS = ("checkpoints", "logs", "model.keras", "model.weights.h5", "metrics.json",
+            "curves.png", RUN_FILE)
 
 
 def _check_number(name, value, minimum, integer=False, strict=False):
@@ -39,51 +57,29 @@ def _check_number(name, value, minimum, integer=False, strict=False):
         raise ValueError(f"`{name}` must be {kind} {rel} {minimum}. Received: {name}={value!r}")
 
 
-def train(
-    model: str = DEFAULTS["model"],
-    dataset: str = DEFAULTS["dataset"],
-    *,
-    epochs: int = DEFAULTS["epochs"],
-    batch_size: int = DEFAULTS["batch_size"],
-    lr: float = DEFAULTS["lr"],
-    weight_decay: float = DEFAULTS["weight_decay"],
-    schedule: str = DEFAULTS["schedule"],
-    strategy: str = DEFAULTS["strategy"],
-    mixed_precision: bool = False,
-    seed: int = 0,
-    output: str | None = None,
-    init_weights: str | None = None,
-    freeze_backbone: bool = False,
-    data_dir: str | None = None,
-    validation_split: float = 0.1,
-    verbose: int = 1,
-    cpu_devices: int | None = None,
-    cpu_threads: str = DEFAULTS["cpu_threads"],
-) -> dict:
-    """Train ``model`` (a registered name) on ``dataset``; returns the run's metrics dict.
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"Unknown `{name}`: {value!r}. Valid values: "
+                         f"{', '.join(repr(c) for c in choices)}")
 
-    Args mirror the ``dmr-train`` flags; see ``dmr-train --help``.
-    """
-    import keras
 
+def _check_arguments(run: dict, strategy: str, freeze_backbone: bool) -> str:
+    """Every cheap check, before any data is read or model built; returns the dataset spec."""
     from dmr_keras import data as data_lib
-    from dmr_keras import distribute, performance, training
-    from dmr_keras.atomic import atomic_path, write_json
-    from zoo.registry import create_model, get_variant
+    from dmr_keras import distribute, training
+    from zoo.registry import get_variant
 
-    # ---- everything checked before any work -------------------------------------------------
-    variant = get_variant(model)
-    threads = performance.resolve_cpu_threads(
-        cpu_threads, num_streams=variant.config.get("num_branches", 1), has_gpu=_has_gpu())
-    dataset = data_lib.check_dataset(dataset)
-    _check_number("epochs", epochs, 1, integer=True)
-    _check_number("batch_size", batch_size, 1, integer=True)
-    _check_number("lr", lr, 0, strict=True)
-    training.kernel_weight_decay(weight_decay)
-    if schedule not in training.SCHEDULES:
-        raise ValueError(f"Unknown `schedule`: {schedule!r}. Valid values: "
-                         f"{', '.join(training.SCHEDULES)}")
+    get_variant(run["model"])
+    dataset = data_lib.check_dataset(run["dataset"])
+    _check_number("epochs", run["epochs"], 1, integer=True)
+    _check_number("batch_size", run["batch_size"], 1, integer=True)
+    _check_number("lr", run["lr"], 0, strict=True)
+    training.kernel_weight_decay(run["weight_decay"])
+    _check_choice("weight_decay_scope", run["weight_decay_scope"], WEIGHT_DECAY_SCOPES)
+    _check_choice("schedule", run["schedule"], training.SCHEDULES)
+    _check_number("warmup_epochs", run["warmup_epochs"], 0)
     distribute.check_strategy_name(strategy)
+    init_weights = run["init_weights"]
     if init_weights is not None and not Path(init_weights).exists():
         from zoo.weights import load_manifest
 
@@ -94,122 +90,264 @@ def train(
     if freeze_backbone and init_weights is None:
         raise ValueError("`freeze_backbone` needs `init_weights`: a frozen random backbone "
                          "learns nothing.")
-    output = Path(output or f"runs/{model}-{dataset.replace(':', '_').replace('/', '_')}")
+    return dataset
 
-    # Threads, devices and the strategy first: thread pools and collective ops (multi-worker)
-    # must be configured before TensorFlow's context starts, which seeding would do.
-    # "auto" in a process whose TensorFlow already runs (a notebook, a test) keeps its pools.
-    if not performance.configure_cpu_threads(threads, strict=cpu_threads != "auto"):
-        threads = "unchanged"
+
+# ---- the run directory -----------------------------------------------------------------------
+
+def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
+    """Check ``output`` against ``run``; returns the stored metrics of a finished identical run
+    (nothing to do), else None. Refuses another run's directory unless ``overwrite``."""
+    run_file = output / RUN_FILE
+    ours = [name for name in _OUTPUTS if (output / name).exists()]
+    if overwrite:
+        for name in ours:
+            path = output / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return None
+    if not ours:
+        return None
+    if not run_file.exists():
+        raise ValueError(
+            f"{output} holds a run without {RUN_FILE} (made by an older dmr-train, or by hand): "
+            f"{', '.join(ours)}. Its settings cannot be checked, so it cannot be resumed "
+            "safely: pass --overwrite (overwrite=True) to start again there, or another "
+            "--output.")
+    stored = json.loads(run_file.read_text())
+    differ = {k: (stored.get(k), run[k]) for k in RUN_KEYS if stored.get(k) != run[k]}
+    if differ:
+        listing = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in
+                            differ.items())
+        raise ValueError(
+            f"{output} holds another run ({listing}). Resuming needs the same settings: run "
+            "with the stored ones, choose another --output, or pass --overwrite "
+            "(overwrite=True) to discard that run.")
+    metrics_file = output / "metrics.json"
+    if metrics_file.exists():
+        return json.loads(metrics_file.read_text())
+    return None
+
+
+# ---- global state, set only for the duration of a run -----------------------------------------
+
+@contextlib.contextmanager
+def _run_state(seed, deterministic, mixed_precision, has_gpu):
+    """Seeds, op determinism and the dtype policy for one run; determinism and the policy are
+    restored afterwards (random generators cannot be un-seeded: pass ``seed=None`` to leave
+    them alone)."""
+    import keras
+
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    restore_determinism = None
+    if keras.backend.backend() == "tensorflow":
+        from tensorflow.python.framework import config as tf_config
+
+        want = (not has_gpu) if deterministic is None else bool(deterministic)
+        was = tf_config.is_op_determinism_enabled()
+        if want != was:
+            (tf_config.enable_op_determinism if want else tf_config.disable_op_determinism)()
+            restore_determinism = was
+    previous_policy = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16" if has_gpu else "mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if restore_determinism is not None:
+            from tensorflow.python.framework import config as tf_config
+
+            (tf_config.enable_op_determinism if restore_determinism
+             else tf_config.disable_op_determinism)()
+
+
+def train(
+    model: str = DEFAULTS["model"],
+    dataset: str = DEFAULTS["dataset"],
+    *,
+    epochs: int = DEFAULTS["epochs"],
+    batch_size: int = DEFAULTS["batch_size"],
+    lr: float = DEFAULTS["lr"],
+    weight_decay: float = DEFAULTS["weight_decay"],
+    weight_decay_scope: str = DEFAULTS["weight_decay_scope"],
+    schedule: str = DEFAULTS["schedule"],
+    warmup_epochs: float = DEFAULTS["warmup_epochs"],
+    zero_init_last_bn: bool = DEFAULTS["zero_init_last_bn"],
+    precise_bn: bool = DEFAULTS["precise_bn"],
+    strategy: str = DEFAULTS["strategy"],
+    mixed_precision: bool = False,
+    seed: int | None = 0,
+    output: str | None = None,
+    init_weights: str | None = None,
+    freeze_backbone: bool = False,
+    data_dir: str | None = None,
+    validation_split: float = 0.1,
+    verbose: int = 1,
+    cpu_devices: int | None = None,
+    cpu_threads: str | None = None,
+    deterministic: bool | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Train ``model`` (a registered name) on ``dataset``; returns the run's metrics dict.
+
+    Args mirror the ``dmr-train`` flags (``dmr-train --help``). Global state is changed only
+    where an argument asks for it: ``seed`` (not None) seeds Python, NumPy and the backend
+    (``keras.utils.set_random_seed``) so that the initial weights are reproducible;
+    ``deterministic`` (None: on when there is no GPU) turns TensorFlow's op determinism on
+    for the run and back off after it; ``mixed_precision`` sets the dtype policy for the run;
+    ``cpu_threads`` / ``cpu_devices`` (None: leave alone) size TensorFlow's CPU thread pools
+    and logical devices, which only a process whose TensorFlow has not started yet can do.
+    """
+    import keras
+
+    from dmr_keras import distribute, performance
+
+    run = dict(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+               weight_decay=weight_decay, weight_decay_scope=weight_decay_scope,
+               schedule=schedule, warmup_epochs=warmup_epochs,
+               zero_init_last_bn=bool(zero_init_last_bn), precise_bn=bool(precise_bn),
+               seed=seed, mixed_precision=bool(mixed_precision), init_weights=init_weights,
+               freeze_backbone=bool(freeze_backbone), validation_split=validation_split)
+    run["dataset"] = dataset = _check_arguments(run, strategy, freeze_backbone)
+    output = Path(output or f"runs/{model}-{dataset.replace(':', '_').replace('/', '_')}")
+    if not run["dataset"].startswith("folder:"):
+        run["validation_split"] = None  # only folders are split; do not tie a run to it
+    finished = _prepare_output(output, run, overwrite)
+    if finished is not None:
+        print(f"{output} already holds this finished run (test accuracy "
+              f"{finished['test_accuracy']:.4f}); nothing to do.")
+        return finished
+
+    has_gpu = _has_gpu()
+    threads = None
+    if cpu_threads is not None:
+        from zoo.registry import get_variant
+
+        threads = performance.resolve_cpu_threads(
+            cpu_threads, num_streams=get_variant(model).config.get("num_branches", 1),
+            has_gpu=has_gpu)
+        if not performance.configure_cpu_threads(threads, strict=cpu_threads != "auto"):
+            threads = "unchanged"
     if cpu_devices:
         distribute.configure_cpu_devices(cpu_devices)
     plan = distribute.make_plan(strategy, batch_size)
-    keras.utils.set_random_seed(seed)  # the same on every worker: identical shuffles to shard
+    with _run_state(seed, deterministic, mixed_precision, has_gpu), plan.scope():
+        return _train_run(run, output, plan, data_dir=data_dir, verbose=verbose,
+                          threads=threads, keras=keras)
+
+
+def _train_run(run, output, plan, *, data_dir, verbose, threads, keras):
+    from dmr_keras import data as data_lib
+    from dmr_keras import training
+    from dmr_keras.atomic import atomic_path, write_json
+
+    output.mkdir(parents=True, exist_ok=True)
+    if _is_chief(plan) and not (output / RUN_FILE).exists():
+        write_json(output / RUN_FILE, run)
+    ckpt_dir = output / "checkpoints"
+    resume = training.latest_checkpoint(ckpt_dir)
+    local_epoch = resume["epoch"] if resume else 0
+    if plan.name == "multiworker":
+        from dmr_keras.multiworker import agree_on_initial_epoch
+
+        local_epoch = agree_on_initial_epoch(plan.strategy, local_epoch)
+    initial_epoch = min(local_epoch, run["epochs"])
+    seed = run["seed"] if run["seed"] is not None else 0
+    train_ds, eval_ds, info = data_lib.load(
+        run["dataset"], batch_size=run["batch_size"], seed=seed, data_dir=data_dir,
+        validation_split=run["validation_split"] or 0.1, epochs=run["epochs"],
+        initial_epoch=initial_epoch)
+    steps = info.train_examples // run["batch_size"]
+    if steps < 1:
+        raise ValueError(f"The batch size {run['batch_size']} is larger than the training set "
+                         f"({info.train_examples} examples).")
+    if resume:
+        net = keras.saving.load_model(resume["path"])
+        print(f"Resuming from epoch {resume['epoch']} ({resume['path']}).")
+    else:
+        net = _build(run, info, steps)
+    checkpoint = training.EpochCheckpoint(
+        ckpt_dir, history=resume["history"] if resume else None, enabled=_is_chief(plan))
+    checkpoint.set_model(net)
+    log_dir = output / "logs"
+    hparams = {**run, "strategy": plan.name, "replicas": plan.num_replicas,
+               "cpu_threads": threads or "unchanged", "init_weights": run["init_weights"] or ""}
+    if _is_chief(plan) and keras.backend.backend() == "tensorflow" and not resume:
+        training.write_hparams(log_dir / "hparams", hparams)
+
+    print(f"Training {run['model']} on {run['dataset']}: {info.train_examples} images, "
+          f"{info.num_classes} classes, {run['epochs']} epochs of {steps} steps, batch "
+          f"{run['batch_size']}, {plan.description}")
+    start = time.perf_counter()
+    if initial_epoch < run["epochs"]:
+        _fit(net, plan, train_ds, eval_ds, run["epochs"], initial_epoch, steps, checkpoint,
+             log_dir, run["batch_size"], verbose)
+    else:
+        print(f"The checkpoints already hold {initial_epoch} epochs; finishing the run.")
+    wall = time.perf_counter() - start
+
+    if run["precise_bn"]:
+        plain, _, _ = data_lib.load(run["dataset"], batch_size=run["batch_size"], seed=seed,
+                                    data_dir=data_dir, augment=False, epochs=1,
+                                    validation_split=run["validation_split"] or 0.1)
+        training.precise_batchnorm(net, plain, max_batches=max(1, min(steps, 200)))
+    test_loss, test_acc = _evaluate(net, plan, eval_ds)
+    trained = run["epochs"] - initial_epoch
+    metrics = dict(
+        model=run["model"], dataset=run["dataset"], epochs=run["epochs"],
+        resumed_from_epoch=initial_epoch, test_accuracy=float(test_acc),
+        test_loss=float(test_loss), wall_time_s=round(wall, 2),
+        train_images_per_s=round(trained * steps * run["batch_size"] / wall, 1)
+        if wall > 0 and trained else None,
+        trainable_params=int(sum(math.prod(w.shape) for w in net.trainable_weights)),
+        history=checkpoint.history, hparams=hparams, command=training.command_line(),
+        data=dict(num_classes=info.num_classes, image_shape=list(info.image_shape),
+                  mean=list(info.mean), std=list(info.std),
+                  class_names=list(info.class_names) if info.class_names else None),
+        backend=keras.backend.backend(),
+    )
+    if _is_chief(plan):
+        with atomic_path(output / "model.keras") as tmp:
+            net.save(tmp)
+        with atomic_path(output / "model.weights.h5") as tmp:
+            net.save_weights(tmp)
+        training.plot_history(checkpoint.history, output / "curves.png",
+                              title=f"{run['model']} on {run['dataset']}")
+        write_json(output / "metrics.json", metrics)  # last: its presence means "finished"
+    print(f"test accuracy {test_acc:.4f}  test loss {test_loss:.4f}  wall time {wall:.1f} s  "
+          f"-> {output}")
+    return metrics
+
+
+def _fit(net, plan, train_ds, eval_ds, epochs, initial_epoch, steps, checkpoint, log_dir,
+         batch_size, verbose):
+    import keras
+
+    if plan.name == "multiworker":
+        from dmr_keras.multiworker import fit_distributed
+
+        fit_distributed(
+            net, optimizer=net.optimizer, loss=net.loss, train_dataset=train_ds,
+            eval_dataset=eval_ds, epochs=epochs, strategy=plan.strategy,
+            initial_epoch=initial_epoch, global_batch_size=batch_size,
+            steps_per_epoch=steps, on_epoch_end=checkpoint.on_epoch_end, verbose=verbose)
+        return
+    callbacks = [checkpoint]
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
+    net.fit(train_ds, validation_data=eval_ds, epochs=epochs, initial_epoch=initial_epoch,
+            steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
 
-        tf.config.experimental.enable_op_determinism()
-    previous_policy = keras.config.dtype_policy()
-    if mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16" if _has_gpu() else "mixed_bfloat16")
 
-    try:
-        train_ds, eval_ds, info = data_lib.load(
-            dataset, batch_size=batch_size, seed=seed, data_dir=data_dir,
-            validation_split=validation_split,
-        )
-        steps = info.train_examples // batch_size
-        if steps < 1:
-            raise ValueError(f"The batch size {batch_size} is larger than the training set "
-                             f"({info.train_examples} examples).")
-        ckpt_dir = output / "checkpoints"
-        resume = training.latest_checkpoint(ckpt_dir)
-        if resume and resume["epoch"] >= epochs:
-            print(f"Run already has {resume['epoch']} epochs in {ckpt_dir}; finishing.")
-        hparams = dict(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-                       weight_decay=weight_decay, schedule=schedule, strategy=plan.name,
-                       replicas=plan.num_replicas, mixed_precision=mixed_precision, seed=seed,
-                       init_weights=init_weights or "", freeze_backbone=freeze_backbone,
-                       cpu_threads=threads)
+def _evaluate(net, plan, eval_ds):
+    if plan.name == "multiworker":  # Keras's evaluate fails under MWMS like fit does
+        from dmr_keras.multiworker import evaluate_distributed
 
-        with plan.scope():
-            if resume:
-                net = keras.saving.load_model(resume["path"])
-                print(f"Resuming from epoch {resume['epoch']} ({resume['path']}).")
-            else:
-                net = _build(model, info, weight_decay, init_weights, freeze_backbone,
-                             create_model, training)
-                sched = training.learning_rate_schedule(
-                    schedule, lr, epochs, steps, imagenet=dataset == "imagenet2012")
-                net.compile(optimizer=training.make_optimizer(sched),
-                            loss=keras.losses.SparseCategoricalCrossentropy(),
-                            metrics=["accuracy"])
-        initial_epoch = resume["epoch"] if resume else 0
-        checkpoint = training.EpochCheckpoint(
-            ckpt_dir, history=resume["history"] if resume else None,
-            enabled=_is_chief(plan))
-        log_dir = output / "logs"
-        if _is_chief(plan) and keras.backend.backend() == "tensorflow":
-            training.write_hparams(log_dir / "hparams", hparams)
-
-        print(f"Training {model} on {dataset}: {info.train_examples} images, {info.num_classes} "
-              f"classes, {epochs} epochs of {steps} steps, batch {batch_size}, {plan.description}")
-        checkpoint.set_model(net)
-        start = time.perf_counter()
-        if initial_epoch < epochs:
-            if plan.name == "multiworker":
-                from dmr_keras.multiworker import fit_distributed
-
-                fit_distributed(
-                    net, optimizer=net.optimizer, loss=net.loss, train_dataset=train_ds,
-                    eval_dataset=eval_ds, epochs=epochs, strategy=plan.strategy,
-                    initial_epoch=initial_epoch, global_batch_size=batch_size,
-                    on_epoch_end=checkpoint.on_epoch_end,
-                    verbose=verbose,
-                )
-            else:
-                callbacks = [checkpoint]
-                if keras.backend.backend() == "tensorflow":
-                    callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
-                net.fit(train_ds, validation_data=eval_ds, epochs=epochs,
-                        initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)
-        wall = time.perf_counter() - start
-
-        if plan.name == "multiworker":  # Keras's evaluate fails under MWMS like fit does
-            from dmr_keras.multiworker import evaluate_distributed
-
-            result = evaluate_distributed(net, loss=net.loss, dataset=eval_ds,
-                                          strategy=plan.strategy)
-            test_loss, test_acc = result["loss"], result["accuracy"]
-        else:
-            test_loss, test_acc = net.evaluate(eval_ds, verbose=0)
-        history = checkpoint.history
-        metrics = dict(
-            model=model, dataset=dataset, epochs=epochs, resumed_from_epoch=initial_epoch,
-            test_accuracy=float(test_acc), test_loss=float(test_loss),
-            wall_time_s=round(wall, 2),
-            train_images_per_s=round((epochs - initial_epoch) * steps * batch_size / wall, 1)
-            if wall > 0 and epochs > initial_epoch else None,
-            trainable_params=int(sum(math.prod(w.shape) for w in net.trainable_weights)),
-            history=history, hparams=hparams, command=training.command_line(),
-            data=dict(num_classes=info.num_classes, image_shape=list(info.image_shape),
-                      mean=list(info.mean), std=list(info.std),
-                      class_names=list(info.class_names) if info.class_names else None),
-            backend=keras.backend.backend(),
-        )
-        if _is_chief(plan):
-            with atomic_path(output / "model.keras") as tmp:
-                net.save(tmp)
-            with atomic_path(output / "model.weights.h5") as tmp:
-                net.save_weights(tmp)
-            write_json(output / "metrics.json", metrics)
-            training.plot_history(history, output / "curves.png",
-                                  title=f"{model} on {dataset}")
-        print(f"test accuracy {test_acc:.4f}  test loss {test_loss:.4f}  wall time {wall:.1f} s  "
-              f"-> {output}")
-        return metrics
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
+        result = evaluate_distributed(net, loss=net.loss, dataset=eval_ds,
+                                      strategy=plan.strategy)
+        return result["loss"], result["accuracy"]
+    return net.evaluate(eval_ds, verbose=0)
 
 
 def _init_source(init_weights: str, model: str):
@@ -230,19 +368,30 @@ def _init_source(init_weights: str, model: str):
     return get_variant(source_model), path, classes
 
 
-def _build(name, info, weight_decay, init_weights, freeze, create_model, training):
-    from zoo.registry import load_pretrained
+def _build(run, info, steps):
+    """The model, compiled with the recipe: SGD Nesterov, the schedule, weight decay."""
+    import keras
 
-    reg = training.kernel_weight_decay(weight_decay)
-    net = create_model(name, classes=info.num_classes, input_shape=info.image_shape,
-                       kernel_regularizer=reg)
-    if init_weights:
-        variant, path, classes = _init_source(init_weights, name)
+    from dmr_keras import training
+    from zoo.registry import create_model, load_pretrained
+
+    reg = training.kernel_weight_decay(run["weight_decay"])
+    net = create_model(run["model"], classes=info.num_classes, input_shape=info.image_shape,
+                       kernel_regularizer=reg,
+                       bias_regularizer=reg if run["weight_decay_scope"] == "all" else None,
+                       zero_init_last_bn=run["zero_init_last_bn"])
+    if run["init_weights"]:
+        variant, path, classes = _init_source(run["init_weights"], run["model"])
         copied = load_pretrained(net, variant, path, classes, skip_head=True)
-        print(f"Initialised {len(copied)} layers from {init_weights}; new head for "
+        print(f"Initialised {len(copied)} layers from {run['init_weights']}; new head for "
               f"{info.num_classes} classes.")
-        if freeze:
+        if run["freeze_backbone"]:
             training.freeze_backbone(net)
+    sched = training.learning_rate_schedule(
+        run["schedule"], run["lr"], run["epochs"], steps,
+        imagenet=run["dataset"] == "imagenet2012", warmup_epochs=run["warmup_epochs"])
+    net.compile(optimizer=training.make_optimizer(sched),
+                loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     return net
 
 
@@ -277,8 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="global batch size")
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
-                   help="on conv/dense kernels")
+                   help="as MXNet's wd: an L2 term whose gradient is wd * w")
+    p.add_argument("--weight-decay-scope", default=d["weight_decay_scope"],
+                   choices=WEIGHT_DECAY_SCOPES,
+                   help="'all': every parameter, as the reference code; 'kernels': conv and "
+                        "dense kernels only")
     p.add_argument("--schedule", default=d["schedule"], choices=["paper", "cosine"])
+    p.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"],
+                   help="linear learning-rate warm-up from lr/10 over this many epochs (0: none)")
+    p.add_argument("--zero-init-last-bn", action=argparse.BooleanOptionalAction,
+                   default=d["zero_init_last_bn"],
+                   help="start each residual branch's last BN scale at 0 (blocks start as "
+                        "their skip mapping)")
+    p.add_argument("--precise-bn", action=argparse.BooleanOptionalAction,
+                   default=d["precise_bn"],
+                   help="before evaluating, recompute BN statistics over the training set "
+                        "(without augmentation) with the final weights")
     p.add_argument("--strategy", default=d["strategy"],
                    choices=["auto", "none", "mirrored", "multiworker"])
     p.add_argument("--mixed-precision", action="store_true",
@@ -294,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-split", type=float, default=d["validation_split"],
                    help="folder datasets: fraction held out per class")
     p.add_argument("--verbose", type=int, default=d["verbose"], help="0 silent, 1 bar, 2 lines")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="TensorFlow op determinism (default: on without a GPU)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a run with other settings in --output and start again")
     p.add_argument("--cpu-devices", type=int, default=None,
                    help="split the CPU into N logical devices (for --strategy mirrored on CPU)")
     p.add_argument("--cpu-threads", default=d["cpu_threads"],

@@ -10,11 +10,26 @@ a file in this order, checking the sha256 of every candidate before use:
 3. the mirror directory ``$DMR_KERAS_MIRROR`` (for machines without internet access),
 4. a download from the entry's ``origin`` (``https://``, ``http://`` or ``file://``).
 
+The cache is content-addressed: an entry's file lives at
+``cache_dir() / <sha256> / <file_name>`` (:func:`cache_path`; the full 64-digit hex sha256,
+then the manifest's file name, so Keras still sees the ``.weights.h5`` extension). Two entries
+that name the same file with different bytes therefore never share a cached copy. A mirror
+directory may use the same layout (a copy of a cache works as a mirror) or be flat
+(``<mirror>/<file_name>``); the first is tried first. A file left in the flat cache layout of
+earlier versions (``cache_dir() / <file_name>``) whose sha256 matches is moved into its
+content-addressed place the first time the entry is resolved; one that does not match is left
+alone, as it may belong to another entry with the same file name.
+
 A download goes to a temporary name in the cache, is hashed and only then renamed into place,
 under an exclusive lock file, so concurrent processes end with one good copy.
 
 Extra manifests (for weights trained locally) are listed in ``$DMR_KERAS_MANIFESTS``, separated
-by ``os.pathsep``; a later manifest's entry replaces an earlier one with the same key.
+by ``os.pathsep``; a later manifest's entry replaces an earlier one with the same key. A
+replacement with a different sha256 warns (``UserWarning`` naming the key and both manifests);
+one with the same sha256 (new metadata for the same file) is silent.
+
+:func:`verify_cache` (``dmr-zoo verify``) re-hashes, for every key, the shipped file and the
+cached file against that key's own sha256 and reports each key as OK, MISSING or BAD.
 """
 
 from __future__ import annotations
@@ -148,19 +163,41 @@ def extra_manifests() -> list[Path]:
     return [Path(p).expanduser() for p in value.split(os.pathsep) if p.strip()]
 
 
+def _manifest_layers(path=None) -> list[tuple[Path, dict[str, WeightEntry]]]:
+    """``[(manifest path, its entries), ...]``: the package manifest (or ``path``), then the
+    manifests in ``$DMR_KERAS_MANIFESTS``, in order and unmerged."""
+    base = Path(path) if path is not None else MANIFEST_PATH
+    layers = []
+    if path is not None or base.exists():
+        layers.append((base, _parse_manifest(base)))
+    for extra in extra_manifests():
+        layers.append((extra, _parse_manifest(extra)))
+    return layers
+
+
+def _merge(layers) -> dict[str, WeightEntry]:
+    """Later layers win; replacing a key with a different sha256 warns, naming both files."""
+    entries, source = {}, {}
+    for manifest, layer in layers:
+        for key, entry in layer.items():
+            old = entries.get(key)
+            if old is not None and old.sha256 != entry.sha256:
+                warnings.warn(f"Weights manifest {manifest} overrides {key} from {source[key]} "
+                              f"with a different file: sha256 {entry.sha256} replaces "
+                              f"{old.sha256}", UserWarning, stacklevel=3)
+            entries[key], source[key] = entry, manifest
+    return entries
+
+
 def load_manifest(path=None) -> dict[str, WeightEntry]:
     """The package manifest (or ``path``) merged with ``$DMR_KERAS_MANIFESTS``; later wins.
 
     A missing package manifest reads as empty; a listed extra manifest that is missing or
-    malformed raises ``ValueError`` naming the file.
+    malformed raises ``ValueError`` naming the file. A later manifest that gives a key a
+    different sha256 than an earlier one (or the package manifest) emits a ``UserWarning``
+    naming the key and both manifest paths; the same sha256 again is silent.
     """
-    base = Path(path) if path is not None else MANIFEST_PATH
-    entries = {}
-    if path is not None or base.exists():
-        entries.update(_parse_manifest(base))
-    for extra in extra_manifests():
-        entries.update(_parse_manifest(extra))
-    return entries
+    return _merge(_manifest_layers(path))
 
 
 def cache_dir() -> Path:
@@ -187,6 +224,24 @@ def mirror_dirs() -> list[Path]:
     return [Path(p).expanduser() for p in value.split(os.pathsep) if p.strip()]
 
 
+def cache_path(entry: WeightEntry) -> Path:
+    """Where ``entry``'s file lives in the cache: ``cache_dir() / sha256 / file_name``."""
+    return cache_dir() / entry.sha256 / entry.file_name
+
+
+def _flat_cache_path(entry: WeightEntry) -> Path:
+    """The cache location of earlier versions, keyed by file name only."""
+    return cache_dir() / entry.file_name
+
+
+def _remove_if_empty(directory: Path) -> None:
+    """Remove a content-addressed cache directory left empty (a failed download, a deleted
+    corrupted copy). Lock holders keep their lock file in it, so it is never removed under
+    them; :func:`_locked` re-creates it if it goes between its ``mkdir`` and ``open``."""
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
 def sha256_file(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -209,7 +264,11 @@ def _locked(target: Path):
         return
     lock_path = target.parent / f".{target.name}.lock"
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # an empty cache directory was just pruned: make it again
+            target.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -288,11 +347,32 @@ def _download(entry: WeightEntry, cached: Path) -> None:
                              f"expected {entry.sha256}, got {actual}. The file was discarded.")
 
 
+def _migrate_flat(entry: WeightEntry, cached: Path) -> bool:
+    """Move a good copy from the flat cache layout of earlier versions to ``cached``.
+
+    True when ``cached`` then holds the file. A flat copy with another sha256 is left alone:
+    it may be the file of another entry with the same file name.
+    """
+    flat = _flat_cache_path(entry)
+    if not flat.is_file():
+        return False
+    with _locked(cached), _locked(flat):
+        if cached.is_file() and sha256_file(cached) == entry.sha256:
+            return True  # another process migrated or downloaded it meanwhile
+        if not flat.is_file() or sha256_file(flat) != entry.sha256:
+            return False
+        os.replace(flat, cached)
+    log.info("Moved cached weight file %s to %s", flat, cached)
+    return True
+
+
 def resolve(entry: WeightEntry, *, download: bool = True) -> Path:
     """The local path of ``entry``'s weight file, downloading it if needed.
 
-    Order: a file shipped in ``SHIPPED_DIR``, then the cache, then the mirror directory
-    ``$DMR_KERAS_MIRROR``, then a download from ``entry.origin`` (https, http or file URL).
+    Order: a file shipped in ``SHIPPED_DIR``, then the cache (:func:`cache_path`, or a good
+    copy in the old flat layout, which is moved there), then the mirror directories
+    ``$DMR_KERAS_MIRROR`` (``<mirror>/<sha256>/<file_name>``, then ``<mirror>/<file_name>``),
+    then a download from ``entry.origin`` (https, http or file URL).
     Every candidate is sha256-checked before use; a shipped, cached or mirror file with a
     wrong hash is skipped with a warning (a cached one is deleted). A download goes to a
     temporary name in the cache, is hashed, and only then renamed into place; a mismatch
@@ -305,13 +385,21 @@ def resolve(entry: WeightEntry, *, download: bool = True) -> Path:
     shipped = Path(SHIPPED_DIR) / entry.file_name
     if _check(shipped, expected, "shipped"):
         return shipped
-    cached = cache_dir() / entry.file_name
-    if _check_cached(cached, expected):
+    cached = cache_path(entry)
+    try:
+        return _resolve_uncached(entry, cached, download)
+    finally:
+        _remove_if_empty(cached.parent)
+
+
+def _resolve_uncached(entry: WeightEntry, cached: Path, download: bool) -> Path:
+    expected = entry.sha256
+    if _check_cached(cached, expected) or _migrate_flat(entry, cached):
         return cached
     for mirror in mirror_dirs():
-        candidate = mirror / entry.file_name
-        if _check(candidate, expected, "mirror"):
-            return candidate
+        for candidate in (mirror / expected / entry.file_name, mirror / entry.file_name):
+            if _check(candidate, expected, "mirror"):
+                return candidate
     if entry.origin is None or not download:
         why = "it has no download origin" if entry.origin is None else "download=False"
         raise ValueError(f"Weight file {entry.file_name} for {entry.key} was not found in "
@@ -324,7 +412,7 @@ def resolve(entry: WeightEntry, *, download: bool = True) -> Path:
             if actual == expected:
                 return cached
             warnings.warn(f"Deleting corrupted cached weight file {cached}: sha256 {actual}, "
-                          f"expected {expected}", stacklevel=2)
+                          f"expected {expected}", stacklevel=3)
             cached.unlink()
         _download(entry, cached)
     return cached
@@ -342,17 +430,60 @@ def fetch(key: str) -> Path:
     raise ValueError(f"Unknown weights key {key!r}.{hint} Known keys: {known}")
 
 
-def verify_cache() -> list[tuple[str, bool]]:
-    """Re-hash every file in the cache that the manifest knows: ``[(file_name, ok), ...]``."""
-    directory = cache_dir()
-    expected = {}
-    for entry in load_manifest().values():
-        expected.setdefault(entry.file_name, set()).add(entry.sha256)
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """One line of :func:`verify_cache`: ``status`` is ``"OK"``, ``"MISSING"`` or ``"BAD"``;
+    ``where`` is ``"shipped"``, ``"cache"`` or ``"cache (flat)"`` (``"-"`` when missing);
+    ``actual`` is the sha256 of a BAD file."""
+
+    key: str
+    status: str
+    where: str
+    path: Path
+    expected: str
+    actual: str | None = None
+
+
+def verify_cache() -> list[CheckResult]:
+    """Re-hash, for every manifest key, its shipped file and its cached file.
+
+    Each is checked against the key's own sha256. A content-addressed cache file
+    (:func:`cache_path`) that does not match is BAD. A file in a directory keyed by file name
+    only (``SHIPPED_DIR``, the old flat cache layout) may be another entry's file with the
+    same name, so it is BAD only when it matches no entry that names it, in any manifest
+    (an overridden entry included). A key with no local copy is MISSING (it may still be in
+    a mirror or downloadable). Sorted by key; a key may have a line for each location.
+    """
+    layers = _manifest_layers()
+    entries = _merge(layers)
+    known_shas = {}
+    for _, layer in layers:
+        for entry in layer.values():
+            known_shas.setdefault(entry.file_name, set()).add(entry.sha256)
+    hashes = {}
+
+    def digest(path):
+        if path not in hashes:
+            hashes[path] = sha256_file(path)
+        return hashes[path]
+
     results = []
-    for name in sorted(expected):
-        path = directory / name
-        if path.is_file():
-            results.append((name, sha256_file(path) in expected[name]))
+    for key in sorted(entries):
+        entry = entries[key]
+        places = [("shipped", Path(SHIPPED_DIR) / entry.file_name, False),
+                  ("cache", cache_path(entry), True),
+                  ("cache (flat)", _flat_cache_path(entry), False)]
+        found = []
+        for where, path, content_addressed in places:
+            if not path.is_file():
+                continue
+            actual = digest(path)
+            if actual == entry.sha256:
+                found.append(CheckResult(key, "OK", where, path, entry.sha256))
+            elif content_addressed or actual not in known_shas[entry.file_name]:
+                found.append(CheckResult(key, "BAD", where, path, entry.sha256, actual))
+        results.extend(found or [CheckResult(key, "MISSING", "-", cache_path(entry),
+                                             entry.sha256)])
     return results
 
 

@@ -124,7 +124,7 @@ def run_one(args, name, seed):
     model.compile(optimizer=training.make_optimizer(schedule),
                   loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     t = time.perf_counter()
-    history = model.fit(train, epochs=args.epochs, verbose=0)
+    history = model.fit(train, epochs=args.epochs, verbose=0, shuffle=False)
     seconds = time.perf_counter() - t
     loss, acc = model.evaluate(test, verbose=0)
     return {"model": name, "seed": seed, "test_accuracy": float(acc), "test_loss": float(loss),

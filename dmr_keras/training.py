@@ -16,6 +16,7 @@ Uses Keras only (any backend) except :func:`write_hparams` (TensorBoard's summar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -115,6 +116,49 @@ def kernel_weight_decay(weight_decay: float):
             and weight_decay >= 0):
         raise ValueError(f"`weight_decay` must be a number >= 0. Received: {weight_decay!r}")
     return keras.regularizers.L2(weight_decay / 2) if weight_decay > 0 else None
+
+
+# ---- the global settings of one run ---------------------------------------------------------
+
+@contextlib.contextmanager
+def run_settings(seed: int | None = None, deterministic: bool | None = None,
+                 mixed_precision: bool = False, has_gpu: bool = False):
+    """Global settings for the duration of one run, restored after it where they can be.
+
+    - ``seed`` (not None): ``keras.utils.set_random_seed(seed)`` (Python, NumPy, backend), so
+      the initial weights are reproducible. Random generators cannot be un-seeded; pass None to
+      leave them alone.
+    - ``deterministic``: TensorFlow op determinism on (True) or off (False) for the run, then
+      back as it was; None means on without a GPU (CPU kernels are deterministic at little
+      cost), left alone with one.
+    - ``mixed_precision``: ``mixed_float16`` on a GPU, else ``mixed_bfloat16``, then the previous
+      policy again.
+
+    Library functions call this only with what their caller asked for; the CLI entry points
+    pass their flags.
+    """
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    restore = None
+    if keras.backend.backend() == "tensorflow":
+        from tensorflow.python.framework import config as tf_config
+
+        want = (not has_gpu) if deterministic is None else bool(deterministic)
+        was = tf_config.is_op_determinism_enabled()
+        if want != was:
+            (tf_config.enable_op_determinism if want else tf_config.disable_op_determinism)()
+            restore = was
+    previous_policy = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16" if has_gpu else "mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if restore is not None:
+            from tensorflow.python.framework import config as tf_config
+
+            (tf_config.enable_op_determinism if restore else tf_config.disable_op_determinism)()
 
 
 # ---- batch-norm statistics ------------------------------------------------------------------

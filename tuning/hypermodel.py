@@ -11,14 +11,15 @@ Hyperparameters (keras-tuner names), each a ``Choice`` over a constructor argume
 - ``batch_size`` (``batch_sizes``): picked by :meth:`DMRHyperModel.fit`, which batches the data
   itself (see there for the accepted inputs).
 
-Parameter counts are computed analytically (:func:`count_params`, equal to a built model's
-trainable count) so that a budget (``max_params``) is checked before anything is built. The
+Parameter counts (:func:`count_params`) are counted once per architecture on the builder's model
+and cached, so that a budget (``max_params``) is checked before any trial is trained. The
 budget is enforced by the oracle (``tuning.search.make_tuner``): over-budget configurations are
 never proposed, so never built, trained or counted as failures.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -34,32 +35,23 @@ _BASE = (16, 32, 64)  # CIFAR form stage widths at w = 1
 _PREFIX = {"merge_and_run": "dmrnet", "identity": "dilnet", "resnet": "resnet"}
 
 
+@functools.lru_cache(maxsize=None)
 def count_params(n: int, width: float, branches: int = 2, mapping: str = "merge_and_run",
                  classes: int = 10, channels: int = 3) -> int:
     """Trainable parameters of ``build_model(blocks=(n, n, n), width=width, num_branches=...,
-    mapping=..., classes=classes)`` (CIFAR form, basic blocks), without building it.
+    mapping=..., classes=classes)`` (CIFAR form, basic blocks).
 
-    Convolutions have no bias; each BatchNorm has 2C trainable parameters (gamma, beta); the
-    moving statistics are not trainable. Every block has K branches of two 3x3 convolutions; the
-    first block of stages 2 and 3 adds a 1x1 projection + BN per stream (K streams for
-    merge-and-run, one for identity / resnet); the classifier is dense with a bias.
+    Counted on the model the builder makes (not re-derived from a formula that could drift from
+    it), once per architecture: the answer is cached, so the oracle can check a budget for every
+    proposal cheaply. BatchNorm's moving statistics are not trainable.
 
     >>> count_params(1, 0.5, 2)  # dmrnet_8_tiny
     39346
     """
     k = 1 if mapping == "resnet" else int(branches)
-    streams = k if mapping == "merge_and_run" else 1
-    widths = [int(round(c * width)) for c in _BASE]
-    total = 9 * channels * widths[0] + 2 * widths[0]  # stem conv + BN
-    c_in = widths[0]
-    for filters in widths:
-        for b in range(n):
-            branch = 9 * c_in * filters + 2 * filters + 9 * filters * filters + 2 * filters
-            total += k * branch
-            if b == 0 and c_in != filters:  # stage transition (strides 2): projections
-                total += streams * (c_in * filters + 2 * filters)
-            c_in = filters
-    return total + widths[-1] * classes + classes
+    model = build_model(blocks=(n, n, n), width=width, num_branches=k, mapping=mapping,
+                        classes=classes, input_shape=(None, None, channels))
+    return int(sum(math.prod(w.shape) for w in model.trainable_weights))
 
 
 def _as_tuple(name, values):

@@ -320,7 +320,6 @@ def _leaderboard_csv(rows) -> str:
 def export_best(tuner, rows, project_dir, extra=None) -> dict | None:
     """Save the best completed trial's model (its best epoch) as ``best.keras`` and the
     manifest ``best.json`` beside it; return the manifest (None without a completed trial)."""
-    import keras
 
     best = next((r for r in rows if r["status"] == "completed"), None)
     if best is None:
@@ -345,7 +344,6 @@ def export_best(tuner, rows, project_dir, extra=None) -> dict | None:
         **(extra or {}),
     }
     write_json(project_dir / "best.json", manifest)
-    keras.backend.clear_session()
     return manifest
 
 
@@ -445,6 +443,7 @@ def tune(
     validation_split: float = 0.1,
     cpu_devices: int | None = None,
     verbose: int = 1,
+    deterministic: bool | None = None,
 ) -> dict:
     """Search ``DMRHyperModel``'s space on ``dataset``; returns the search's summary.
 
@@ -452,12 +451,14 @@ def tune(
     epoch (the first ``max_train_examples // batch_size`` batches of each shuffled epoch), for
     quick searches. ``overwrite=False`` continues a search found in ``directory/project`` (it
     must have the same dataset, space, epochs, seed and budget; ``max_trials`` may grow).
+    Global state: ``seed`` seeds Python, NumPy and the backend and ``deterministic`` (None: on
+    without a GPU) sets TensorFlow's op determinism for the search only
+    (:func:`dmr_keras.training.run_settings`).
 
     Returns:
         ``{"project_dir", "leaderboard" (rows, best first), "best" (the best.json manifest, or
         None), "completed", "failed", "skipped", "wall_time_s", "strategy", "replicas"}``.
     """
-    import keras
 
     from dmr_keras import data as data_lib
     from dmr_keras import distribute
@@ -496,11 +497,20 @@ def tune(
     if uneven:
         raise ValueError(f"Batch size(s) {uneven} do not divide over {plan.num_replicas} "
                          f"replicas ({plan.description}): use multiples of {plan.num_replicas}.")
-    keras.utils.set_random_seed(seed)
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+    from dmr_keras.training import run_settings
 
-        tf.config.experimental.enable_op_determinism()
+    with run_settings(seed, deterministic):
+        return _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib,
+                       max_trials=max_trials, epochs=epochs, seed=seed, directory=directory,
+                       project=project, overwrite=overwrite, data_dir=data_dir,
+                       validation_split=validation_split,
+                       max_train_examples=max_train_examples, verbose=verbose)
+
+
+def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, max_trials,
+            epochs, seed, directory, project, overwrite, data_dir, validation_split,
+            max_train_examples, verbose):
+    import keras
 
     _, _, info = data_lib.load(dataset, batch_size=min(hypermodel.batch_sizes), seed=seed,
                                data_dir=data_dir, validation_split=validation_split)

@@ -18,7 +18,6 @@ hyperparameters). Every file is written atomically.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -128,40 +127,6 @@ def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
     return None
 
 
-# ---- global state, set only for the duration of a run -----------------------------------------
-
-@contextlib.contextmanager
-def _run_state(seed, deterministic, mixed_precision, has_gpu):
-    """Seeds, op determinism and the dtype policy for one run; determinism and the policy are
-    restored afterwards (random generators cannot be un-seeded: pass ``seed=None`` to leave
-    them alone)."""
-    import keras
-
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
-    restore_determinism = None
-    if keras.backend.backend() == "tensorflow":
-        from tensorflow.python.framework import config as tf_config
-
-        want = (not has_gpu) if deterministic is None else bool(deterministic)
-        was = tf_config.is_op_determinism_enabled()
-        if want != was:
-            (tf_config.enable_op_determinism if want else tf_config.disable_op_determinism)()
-            restore_determinism = was
-    previous_policy = keras.config.dtype_policy()
-    if mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16" if has_gpu else "mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-        if restore_determinism is not None:
-            from tensorflow.python.framework import config as tf_config
-
-            (tf_config.enable_op_determinism if restore_determinism
-             else tf_config.disable_op_determinism)()
-
-
 def train(
     model: str = DEFAULTS["model"],
     dataset: str = DEFAULTS["dataset"],
@@ -232,7 +197,9 @@ def train(
     if cpu_devices:
         distribute.configure_cpu_devices(cpu_devices)
     plan = distribute.make_plan(strategy, batch_size)
-    with _run_state(seed, deterministic, mixed_precision, has_gpu), plan.scope():
+    from dmr_keras.training import run_settings
+
+    with run_settings(seed, deterministic, mixed_precision, has_gpu), plan.scope():
         return _train_run(run, output, plan, data_dir=data_dir, verbose=verbose,
                           threads=threads, keras=keras)
 
@@ -337,7 +304,8 @@ def _fit(net, plan, train_ds, eval_ds, epochs, initial_epoch, steps, checkpoint,
     if keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
     net.fit(train_ds, validation_data=eval_ds, epochs=epochs, initial_epoch=initial_epoch,
-            steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+            steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+            shuffle=False)  # the dataset is shuffled per (seed, epoch) itself
 
 
 def _evaluate(net, plan, eval_ds):

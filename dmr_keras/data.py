@@ -65,6 +65,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from dmr_keras import checks
+
 DATASETS = ("cifar10", "cifar100", "svhn", "imagenet2012", "digits")
 FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -205,17 +207,12 @@ def _scan_folder(root):
 
 
 def _check_args(batch_size, validation_split, image_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1. Received: {batch_size!r}")
+    checks.integer("batch_size", batch_size, 1)
     if isinstance(validation_split, bool) or not isinstance(
             validation_split, (int, float, np.floating)) or not 0 < validation_split < 1:
         raise ValueError("`validation_split` must be a number strictly between 0 and 1. "
-                         f"Received: {validation_split!r}")
-    if image_size is not None and (
-            isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
-            or image_size < 8):
-        raise ValueError(f"`image_size` must be None or an integer >= 8. Received: {image_size!r}")
+                         f"Received: validation_split={validation_split!r}")
+    checks.integer("image_size", image_size, 8, allow_none=True)
 
 
 # ---- public entry point -------------------------------------------------------------------------
@@ -264,15 +261,11 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
 
 
 def _check_epochs(epochs, initial_epoch):
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    if epochs is not None and (not is_int(epochs) or epochs < 1):
-        raise ValueError(f"`epochs` must be None or an integer >= 1. Received: {epochs!r}")
-    if not is_int(initial_epoch) or initial_epoch < 0 or (
-            epochs is not None and initial_epoch > epochs):
-        raise ValueError("`initial_epoch` must be an integer with 0 <= initial_epoch <= epochs. "
-                         f"Received: initial_epoch={initial_epoch!r}, epochs={epochs!r}")
+    checks.integer("epochs", epochs, 1, allow_none=True)
+    checks.integer("initial_epoch", initial_epoch, 0)
+    if epochs is not None and initial_epoch > epochs:
+        raise ValueError("`initial_epoch` must be <= `epochs`. Received: "
+                         f"initial_epoch={initial_epoch!r}, epochs={epochs!r}")
 
 
 # ---- shared pipeline pieces ---------------------------------------------------------------------

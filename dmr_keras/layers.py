@@ -23,6 +23,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from dmr_keras import checks
+
 _PACKAGE = "dmr_keras"
 MAPPINGS = ("merge_and_run", "identity", "resnet")
 BLOCK_TYPES = ("basic", "bottleneck")
@@ -58,18 +60,8 @@ def symmetric_pad(x, pad: int, value: float = 0.0):
     return ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], constant_values=value)
 
 
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
-
-
-def _check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(
-            f"Unknown `{name}`: {value!r}. Valid values: {', '.join(repr(c) for c in choices)}"
-        )
-    return value
+_check_positive_int = checks.integer  # the names used across the builders
+_check_choice = checks.choice
 
 
 def merge_and_run_matrix(num_streams: int, channels: int = 1) -> np.ndarray:

@@ -17,7 +17,21 @@ How it works:
   the same update to every copy of each variable (``merge_call`` + ``extended.update``), so the
   applied gradient is the mean over the global batch plus the gradient of the regularisation
   losses, once. Mixed precision: a ``LossScaleOptimizer`` is used through ``scale_loss``.
-- **Data.** ``train_dataset`` yields ``(images, labels)`` batched by the *global* batch size. It
+- **Loss scaling.** Keras 3's ``LossScaleOptimizer`` decides whether to apply or skip a step from
+  the gradients it is given, which are each replica's *local* gradients: under a strategy it
+  takes the first local replica's verdict (so with ``inf`` on another replica the all-reduced,
+  non-finite gradients are applied), and across workers the verdicts can differ (one worker
+  enters the gradient all-reduce, the other skips it: a hang). So the step all-reduces a
+  "non-finite" flag (a logical OR over every replica of every worker) and, where it is set,
+  makes every replica's local gradients non-finite before ``apply``: every replica then skips
+  the step and halves its loss scale together, or all apply it.
+- **Same start on every worker.** At the start :func:`fit_distributed` copies the chief's model
+  and optimizer variables to every worker (:func:`broadcast_from_chief`), so workers that loaded
+  (copies of) a checkpoint start from the chief's values, and it checks with
+  :func:`agree_on_initial_epoch` that every worker resumes from the same epoch.
+- **Data.** ``train_dataset`` yields ``(images, labels)`` batched by the *global* batch size
+  (or is a callable ``epoch -> dataset``, so that each epoch's order can come from
+  ``(seed, epoch)`` and a resumed run sees the same batches as an uninterrupted one). It
   is distributed with ``experimental_distribute_dataset``, which rebatches each global batch into
   per-replica slices. Sharding across workers is tf.data auto-sharding by ``DATA``: every worker
   runs the whole input pipeline and keeps only its replicas' slices of each global batch, so a
@@ -128,28 +142,158 @@ def is_chief(strategy) -> bool:
     return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in jobs
 
 
+def agree_on_initial_epoch(strategy, local_epoch: int) -> int:
+    """The epoch to resume at, checked to be the same on every worker.
+
+    Call it on every worker (it is a collective) with the epoch of the newest checkpoint this
+    worker found (``0``: none), e.g. ``latest_checkpoint(dir)["epoch"]``. The epochs of all
+    workers are gathered; if they all agree that epoch is returned, else every worker raises the
+    same ``ValueError`` naming each worker's epoch (rather than training from different weights
+    or hanging). A single-process strategy (default, ``MirroredStrategy``, ``None``) returns
+    ``local_epoch``.
+    """
+    if isinstance(local_epoch, bool) or not isinstance(local_epoch, int) or local_epoch < 0:
+        raise ValueError(f"`local_epoch` must be an integer >= 0 (0: no checkpoint). Received "
+                         f"{local_epoch!r}")
+    import tensorflow as tf
+
+    strategy = strategy if strategy is not None else tf.distribute.get_strategy()
+    names = _worker_names(strategy)
+    if len(names) < 2:
+        return local_epoch
+    local_replicas = len(strategy.extended.worker_devices)
+
+    @tf.function
+    def gather():
+        def replica_fn():
+            ctx = tf.distribute.get_replica_context()
+            worker = tf.cast(ctx.replica_id_in_sync_group // local_replicas, tf.float64)
+            mine = tf.stack([worker, tf.constant(local_epoch, tf.float64)])[tf.newaxis]
+            return ctx.all_gather(mine, axis=0)
+
+        return strategy.experimental_local_results(strategy.run(replica_fn))[0]
+
+    epochs = {}
+    for worker, epoch in gather().numpy().tolist():
+        epochs[int(worker)] = int(epoch)
+    if len(set(epochs.values())) == 1:
+        return local_epoch
+    seen = ", ".join(f"{names[w] if w < len(names) else f'worker #{w}'}: epoch {e}"
+                     for w, e in sorted(epochs.items()))
+    raise ValueError(
+        f"The workers found different checkpoints to resume from ({seen}; 0 = none), so they "
+        "would train from different weights. Every worker must see the same checkpoints: use a "
+        "checkpoint directory shared by all workers (e.g. on a network file system), or give "
+        "each worker an identical local copy of the chief's checkpoints (or delete them all to "
+        "start from scratch).")
+
+
+def broadcast_from_chief(strategy, variables) -> None:
+    """Give every replica of every worker the chief's values of ``variables``.
+
+    A collective: call it on every worker with the same variables in the same order (e.g.
+    ``model.variables + optimizer.variables``), created under ``strategy.scope()``. The chief's
+    copy (replica 0) is all-reduced with zeros from the other replicas, which reproduces it
+    exactly; integer variables travel as float64 (exact below 2**53). Use it after each worker
+    loaded a checkpoint of its own, so that all start from identical weights and optimizer
+    state. Nothing is done for a strategy with one replica.
+    """
+    import keras
+    import tensorflow as tf
+
+    strategy = strategy if strategy is not None else tf.distribute.get_strategy()
+    if int(strategy.num_replicas_in_sync) < 2:
+        return
+    tf_vars, seen = [], set()
+    for var in variables:
+        if isinstance(var, keras.Variable):
+            var = var.value  # its tf (distributed) variable
+        if id(var) in seen:
+            continue
+        seen.add(id(var))
+        if not strategy.extended.variable_created_in_scope(var):
+            raise ValueError(f"Variable {var.name!r} was not created under this strategy's "
+                             "scope: it cannot be broadcast.")
+        tf_vars.append(var)
+    if not tf_vars:
+        return
+    wire = [v.dtype if v.dtype in (tf.float32, tf.float64) else tf.float64 for v in tf_vars]
+
+    @tf.function
+    def broadcast():
+        def replica_fn():
+            ctx = tf.distribute.get_replica_context()
+            first = tf.equal(ctx.replica_id_in_sync_group, 0)
+            out = [None] * len(tf_vars)
+            for dtype in sorted(set(wire), key=lambda d: d.name):  # one all-reduce per dtype
+                group = [i for i, d in enumerate(wire) if d == dtype]
+                masked = []
+                for i in group:
+                    value = tf.cast(tf.identity(tf_vars[i]), dtype)  # this replica's copy
+                    masked.append(tf.where(first, value, tf.zeros_like(value)))
+                for i, value in zip(group, ctx.all_reduce(tf.distribute.ReduceOp.SUM, masked)):
+                    out[i] = value
+            return out
+
+        chief_values = strategy.run(replica_fn)
+        for var, value in zip(tf_vars, chief_values):
+            strategy.extended.update(
+                var, lambda v, x: v.assign(tf.cast(x, v.dtype)), args=(value,), group=False)
+
+    broadcast()
+
+
+def _worker_names(strategy) -> list:
+    """Names of the training tasks in the order of their replica ids (chief first)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return ["worker 0"]
+    jobs = resolver.cluster_spec().as_dict()
+    names = []
+    for job in ("chief", "worker"):
+        tasks = jobs.get(job, [])
+        count = len(tasks) if isinstance(tasks, list) else len(tasks.keys())
+        names += [f"{job} {i}" for i in range(count)]
+    if names and "chief" not in jobs:
+        names[0] += " (chief)"
+    return names
+
+
 # ---- training -------------------------------------------------------------------------------
 
 def fit_distributed(model, *, optimizer, loss, train_dataset, epochs: int, strategy,
                     eval_dataset=None, initial_epoch: int = 0, global_batch_size: int,
-                    on_epoch_end=None, verbose: int = 1) -> dict:
+                    steps_per_epoch: int | None = None, on_epoch_end=None,
+                    verbose: int = 1) -> dict:
     """Train ``model`` data-parallel with a custom distributed step (see the module docstring).
 
     Args:
         model: a built Keras model whose variables were created under ``strategy.scope()``.
         optimizer: a Keras optimizer created under ``strategy.scope()`` (it is built here if
-            needed). A ``LossScaleOptimizer`` (mixed precision) works too.
+            needed). A ``LossScaleOptimizer`` (mixed precision) works too: a step with
+            non-finite gradients on any replica is skipped on all of them.
         loss: a Keras loss object or loss function, e.g.
             ``keras.losses.SparseCategoricalCrossentropy()``. Its reduction is ignored: the
             per-example losses are summed per replica and divided by ``global_batch_size``.
         train_dataset: ``tf.data.Dataset`` of ``(images, labels)`` batched by
             ``global_batch_size``; auto-sharded by ``DATA`` over the workers (every worker must
-            produce the same element order), a partial last batch is dropped.
+            produce the same element order), a partial last batch is dropped. Or a callable
+            ``epoch -> tf.data.Dataset`` (0-based epoch), called once per epoch run, all with
+            the same element spec: seed each epoch's shuffle from ``(seed, epoch)`` so a resumed
+            run sees the same batches as an uninterrupted one (a dataset reshuffled on each
+            iteration restarts its sequence of orders in a new process).
         epochs: index of the last epoch to run (like ``fit``): runs ``initial_epoch..epochs-1``.
         strategy: the ``tf.distribute`` strategy (``None``: the current/default one).
         eval_dataset: optional ``(images, labels)`` dataset evaluated after every epoch.
-        initial_epoch: the epoch to start at (when resuming).
+        initial_epoch: the epoch to start at (when resuming); checked to be the same on every
+            worker (:func:`agree_on_initial_epoch`). The chief's model and optimizer variables
+            are copied to all workers before the first step (:func:`broadcast_from_chief`).
         global_batch_size: examples per step over all replicas and workers.
+        steps_per_epoch: with a dataset (not a callable), one iterator runs through it and each
+            epoch takes this many global batches from it (as ``fit`` does): for a dataset that
+            holds epochs ``initial_epoch..epochs-1`` back to back
+            (``dmr_keras.data.load(..., epochs=..., initial_epoch=...)``). None: each epoch is
+            one full pass over the dataset.
         on_epoch_end: ``callable(epoch, logs)``, called on every worker after each epoch
             (0-based ``epoch``, ``logs`` of python floats). Use :func:`is_chief` to decide who
             writes files.
@@ -170,14 +314,25 @@ def fit_distributed(model, *, optimizer, loss, train_dataset, epochs: int, strat
     with strategy.scope():
         if not optimizer.built:
             optimizer.build(trainable)
+    if replicas > 1:
+        agree_on_initial_epoch(strategy, initial_epoch)
+        broadcast_from_chief(strategy, list(model.variables) + list(optimizer.variables))
+    if initial_epoch == epochs:
+        return {}
 
-    train_ds = _prepare_dataset(train_dataset, global_batch_size, train=True)
-    train_dist = strategy.experimental_distribute_dataset(train_ds)
+    def distributed_train_data(epoch):
+        data = train_dataset(epoch) if callable(train_dataset) else train_dataset
+        return strategy.experimental_distribute_dataset(
+            _prepare_dataset(data, global_batch_size, train=True))
+
+    train_dist = distributed_train_data(initial_epoch)
     eval_dist = eval_step = None
     if eval_dataset is not None:
         eval_dist = strategy.experimental_distribute_dataset(
             _prepare_dataset(eval_dataset, global_batch_size, train=False))
         eval_step = _eval_step(model, strategy, sum_loss, eval_dist)
+
+    agree_on_finite = replicas > 1 and _is_loss_scale_optimizer(optimizer)
 
     def replica_train_step(images, labels):
         with tf.GradientTape() as tape:
@@ -187,6 +342,8 @@ def fit_distributed(model, *, optimizer, loss, train_dataset, epochs: int, strat
             total = data_sum / global_batch_size + reg / replicas
             scaled = optimizer.scale_loss(total)
         grads = tape.gradient(scaled, trainable)
+        if agree_on_finite:
+            grads = _agree_on_finite(grads)
         # Replica context: Keras's TF optimizer all-reduces (SUM) the gradients over every
         # replica of every worker before the update.
         optimizer.apply(grads, trainable)
@@ -211,9 +368,13 @@ def fit_distributed(model, *, optimizer, loss, train_dataset, epochs: int, strat
 
     chief = is_chief(strategy)
     history: dict = {}
+    stream = iter(train_dist) if steps_per_epoch and not callable(train_dataset) else None
     for epoch in range(initial_epoch, epochs):
         start = time.perf_counter()
-        logs = _run_epoch(train_step, train_dist, "")
+        if epoch > initial_epoch and callable(train_dataset):
+            train_dist = distributed_train_data(epoch)
+        batches = _take(stream, steps_per_epoch) if stream is not None else train_dist
+        logs = _run_epoch(train_step, batches, "")
         if sync_vars:
             sync_state()
         if eval_step is not None:
@@ -258,12 +419,60 @@ def _eval_step(model, strategy, sum_loss, dist_dataset):
     return eval_step
 
 
+def _is_loss_scale_optimizer(optimizer) -> bool:
+    import keras
+
+    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def _agree_on_finite(grads):
+    """This replica's gradients, made non-finite if any replica's gradients are (replica context).
+
+    ``LossScaleOptimizer.apply`` judges finiteness from the local gradients; after this every
+    replica of every worker reaches the same verdict, so all skip the step (and halve the loss
+    scale) or all apply it. The flag is a logical OR by an all-reduce (SUM) of 0/1.
+    """
+    import tensorflow as tf
+
+    present = [g for g in grads if g is not None]
+    if not present:
+        return grads
+    local_bad = tf.logical_not(tf.reduce_all(
+        [tf.reduce_all(tf.math.is_finite(_dense_values(g))) for g in present]))
+    ctx = tf.distribute.get_replica_context()
+    any_bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local_bad, tf.float32)) > 0
+
+    def poison(g):
+        if g is None:
+            return None
+        if isinstance(g, tf.IndexedSlices):
+            return tf.IndexedSlices(poison(g.values), g.indices, g.dense_shape)
+        return tf.where(any_bad, tf.fill(tf.shape(g), tf.constant(math.nan, g.dtype)), g)
+
+    return [poison(g) for g in grads]
+
+
+def _dense_values(g):
+    import tensorflow as tf
+
+    return g.values if isinstance(g, tf.IndexedSlices) else g
+
+
 def _reduced(strategy, per_replica):
     """Sum over all replicas of all workers, in float64 for the per-epoch accumulation."""
     import tensorflow as tf
 
     return [tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), tf.float64)
             for v in per_replica]
+
+
+def _take(iterator, steps: int):
+    for _ in range(steps):
+        try:
+            yield next(iterator)
+        except StopIteration:
+            raise ValueError(f"The training dataset ran out before the epoch's {steps} steps: "
+                             "it must hold steps_per_epoch batches for every epoch run.") from None
 
 
 def _run_epoch(step, dist_dataset, prefix: str) -> dict:
@@ -399,6 +608,8 @@ def _prepare_dataset(dataset, global_batch_size: int | None, train: bool):
 
 
 __all__ = [
+    "agree_on_initial_epoch",
+    "broadcast_from_chief",
     "evaluate_distributed",
     "fit_distributed",
     "is_chief",

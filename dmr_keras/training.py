@@ -225,13 +225,26 @@ def latest_checkpoint(directory) -> dict | None:
     return {**state, "path": str(path)}
 
 
+@contextlib.contextmanager
+def scratch_path(suffix: str):
+    """A temporary file path, removed afterwards: where a non-chief worker of a multi-worker
+    run saves (every worker must take part in a save, since reading distributed variables
+    runs collective ops; only the chief's copy is kept)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dmr-worker-") as tmp:
+        yield Path(tmp) / f"discard{suffix}"
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Save the full model after every epoch, atomically, and record it in ``checkpoint.json``.
 
     The ``.keras`` file holds weights, optimizer variables and the step counter, so a resumed
     run continues the learning-rate schedule where it stopped. The state file is replaced only
     after the model file is complete; older checkpoints beyond ``keep`` are removed after that.
-    ``history`` carries the per-epoch logs of earlier (killed) attempts.
+    ``history`` carries the per-epoch logs of earlier (killed) attempts. With
+    ``enabled=False`` (a non-chief worker) the model is still saved, to a scratch file that is
+    removed, because a save under a multi-worker strategy is a collective operation.
     """
 
     def __init__(self, directory, history: dict | None = None, keep: int = 2, enabled=True):
@@ -245,6 +258,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         if not self.enabled:
+            with scratch_path(".keras") as tmp:
+                self.model.save(tmp)
             return
         name = f"epoch-{epoch + 1:04d}.keras"
         with atomic_path(self.directory / name) as tmp:

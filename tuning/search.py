@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras_tuner  # noqa: E402
 
+from dmr_keras import checks  # noqa: E402
 from dmr_keras.atomic import atomic_path, write_json, write_text  # noqa: E402
 from tuning.hypermodel import (  # noqa: E402
     HP_NAMES,
@@ -370,10 +371,7 @@ def load_best(path):
 
 
 def _check_int(name, value, minimum, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    checks.integer(name, value, minimum, allow_none=allow_none)
 
 
 def _dataset_classes(spec, data_lib) -> int:

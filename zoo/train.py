@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULTS = dict(
     model="dmrnet_20", dataset="digits", epochs=15, batch_size=64, lr=0.1, weight_decay=1e-4,
-    weight_decay_scope="all", schedule="paper", warmup_epochs=1.0, zero_init_last_bn=True,
+    weight_decay_scope="all", schedule="paper", warmup_epochs=1.0, zero_init_last_bn=False,
     precise_bn=True, strategy="auto", mixed_precision=False, seed=0, output=None,
     init_weights=None, freeze_backbone=False, data_dir=None, validation_split=0.1,
     verbose=1, cpu_devices=None, cpu_threads="auto", deterministic=None, overwrite=False,
@@ -47,36 +47,21 @@ _OUTPUTS = ("checkpoints", "logs", "model.keras", "model.weights.h5", "metrics.j
             "curves.png", RUN_FILE)
 
 
-def _check_number(name, value, minimum, integer=False, strict=False):
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    ok = ok and not isinstance(value, bool) and (value > minimum if strict else value >= minimum)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        rel = ">" if strict else ">="
-        raise ValueError(f"`{name}` must be {kind} {rel} {minimum}. Received: {name}={value!r}")
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"Unknown `{name}`: {value!r}. Valid values: "
-                         f"{', '.join(repr(c) for c in choices)}")
-
-
 def _check_arguments(run: dict, strategy: str, freeze_backbone: bool) -> str:
     """Every cheap check, before any data is read or model built; returns the dataset spec."""
+    from dmr_keras import checks, distribute, training
     from dmr_keras import data as data_lib
-    from dmr_keras import distribute, training
     from zoo.registry import get_variant
 
     get_variant(run["model"])
     dataset = data_lib.check_dataset(run["dataset"])
-    _check_number("epochs", run["epochs"], 1, integer=True)
-    _check_number("batch_size", run["batch_size"], 1, integer=True)
-    _check_number("lr", run["lr"], 0, strict=True)
-    training.kernel_weight_decay(run["weight_decay"])
-    _check_choice("weight_decay_scope", run["weight_decay_scope"], WEIGHT_DECAY_SCOPES)
-    _check_choice("schedule", run["schedule"], training.SCHEDULES)
-    _check_number("warmup_epochs", run["warmup_epochs"], 0)
+    checks.integer("epochs", run["epochs"], 1)
+    checks.integer("batch_size", run["batch_size"], 1)
+    checks.number("lr", run["lr"], 0, strict=True)
+    checks.number("weight_decay", run["weight_decay"], 0)
+    checks.choice("weight_decay_scope", run["weight_decay_scope"], WEIGHT_DECAY_SCOPES)
+    checks.choice("schedule", run["schedule"], training.SCHEDULES)
+    checks.number("warmup_epochs", run["warmup_epochs"], 0)
     distribute.check_strategy_name(strategy)
     init_weights = run["init_weights"]
     if init_weights is not None and not Path(init_weights).exists():
@@ -274,11 +259,16 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads, keras):
                   class_names=list(info.class_names) if info.class_names else None),
         backend=keras.backend.backend(),
     )
-    if _is_chief(plan):
-        with atomic_path(output / "model.keras") as tmp:
-            net.save(tmp)
-        with atomic_path(output / "model.weights.h5") as tmp:
-            net.save_weights(tmp)
+    chief = _is_chief(plan)
+    # Every worker saves (a collective operation under a multi-worker strategy); only the
+    # chief keeps its files.
+    with (atomic_path(output / "model.keras") if chief else training.scratch_path(".keras")
+          ) as tmp:
+        net.save(tmp)
+    with (atomic_path(output / "model.weights.h5") if chief
+          else training.scratch_path(".weights.h5")) as tmp:
+        net.save_weights(tmp)
+    if chief:
         training.plot_history(checkpoint.history, output / "curves.png",
                               title=f"{run['model']} on {run['dataset']}")
         write_json(output / "metrics.json", metrics)  # last: its presence means "finished"

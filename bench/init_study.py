@@ -69,7 +69,15 @@ def run_one(model_name, candidate, epochs, batch_size, seed):
                 init_loss=init_loss, first_epoch_loss=hist["loss"][0],
                 final_train_accuracy=hist["accuracy"][-1], train_loss=hist["loss"],
                 test_accuracy=float(test_acc), test_accuracy_precise_bn=float(precise_acc),
-                precise_bn_batches=used, wall_s=round(wall, 1))
+                precise_bn_batches=used, wall_s=round(wall, 1),
+                conv_init=_describe_init(net))
+
+
+def _describe_init(net):
+    init = net.get_layer("stem_conv").kernel_initializer
+    cfg = init.get_config()
+    return (f"{type(init).__name__}({cfg.get('scale')}, {cfg.get('mode')}, "
+            f"{cfg.get('distribution')})")
 
 
 def main(argv=None):
@@ -116,12 +124,14 @@ def main(argv=None):
 
 
 def print_table(results):
-    head = ("model", "candidate", "seed", "init logit std", "init loss", "epoch-1 loss",
-            "final train acc", "test acc", "test acc (precise BN)", "train s")
+    head = ("model", "candidate", "seed", "conv init", "init logit std", "init loss",
+            "epoch-1 loss", "final train acc", "test acc", "test acc (precise BN)", "train s")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in results:
-        print(f"| {r['model']} | {r['candidate']} | {r['seed']} | {r['init_logit_std']:.2f} | "
+        init = r.get("conv_init", "HeNormal (truncated)")
+        print(f"| {r['model']} | {r['candidate']} | {r['seed']} | {init} | "
+              f"{r['init_logit_std']:.2f} | "
               f"{r['init_loss']:.2f} | {r['first_epoch_loss']:.2f} | "
               f"{100 * r['final_train_accuracy']:.1f} % | {100 * r['test_accuracy']:.2f} % | "
               f"{100 * r['test_accuracy_precise_bn']:.2f} % | {r['wall_s']} |")

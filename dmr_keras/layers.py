@@ -31,11 +31,23 @@ BLOCK_TYPES = ("basic", "bottleneck")
 SHORTCUTS = ("auto", "projection", "identity", "none")
 
 # The authors' final code (zlmzju/fusenet HEAD 659e6bf, network/base.py; also its ImageNet
-# symbol_cross.py): BatchNorm(momentum=0.9, eps=2e-5), He-normal conv init. Keras' momentum has
+# symbol_cross.py): BatchNorm(momentum=0.9, eps=2e-5). Keras' momentum has
 # MXNet's meaning (moving = momentum * moving + (1 - momentum) * batch). The repository's first
 # commit (783185b) used momentum 0.99.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 2e-5
+
+
+def conv_initializer():
+    """fusenet's convolution init, MXNet ``Xavier(gaussian, 'in', magnitude=2)``: N(0, 2/fan_in),
+    not truncated (Keras' ``he_normal`` truncates at two standard deviations)."""
+    return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+
+
+def classifier_initializer():
+    """fusenet's classifier init, MXNet ``Xavier(uniform, 'in', magnitude=1)``: U(+-sqrt(3/fan_in))
+    (LeCun uniform; Keras' Dense default is Glorot uniform)."""
+    return keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
 
 
 def conv_padding(kernel_size: int, strides: int):
@@ -123,7 +135,7 @@ class _ConvBNStack(keras.layers.Layer):
     def __init__(
         self,
         specs,
-        kernel_initializer="he_normal",
+        kernel_initializer=None,
         kernel_regularizer=None,
         bias_regularizer=None,
         bn_momentum: float = BN_MOMENTUM,
@@ -132,7 +144,7 @@ class _ConvBNStack(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or conv_initializer())
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.bn_momentum = bn_momentum
@@ -312,8 +324,8 @@ class MergeAndRunBlock(keras.layers.Layer):
         zero_init_last_bn: start the last BatchNorm scale of every branch at 0, so the block
             starts as its skip mapping (Goyal et al., 2017); not in the reference code.
         kernel_initializer, kernel_regularizer, bn_momentum, bn_epsilon: passed to the
-            convolutions and batch normalizations; ``bias_regularizer`` to BatchNorm's gamma
-            and beta.
+            convolutions and batch normalizations (default init: :func:`conv_initializer`);
+            ``bias_regularizer`` to BatchNorm's gamma and beta.
 
     Example:
     >>> block = MergeAndRunBlock(16, num_branches=2)
@@ -332,7 +344,7 @@ class MergeAndRunBlock(keras.layers.Layer):
         shortcut="auto",
         return_parts=False,
         expansion=4,
-        kernel_initializer="he_normal",
+        kernel_initializer=None,
         kernel_regularizer=None,
         bias_regularizer=None,
         bn_momentum=BN_MOMENTUM,
@@ -360,7 +372,7 @@ class MergeAndRunBlock(keras.layers.Layer):
                 "`return_parts=True` returns the skip and the branches, so the block needs a "
                 "skip: use shortcut='auto', 'projection' or 'identity'. Received: shortcut='none'"
             )
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or conv_initializer())
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.bn_momentum = bn_momentum

@@ -39,6 +39,8 @@ from dmr_keras.layers import (
     SymmetricMaxPooling2D,
     _check_choice,
     _check_positive_int,
+    classifier_initializer,
+    conv_initializer,
 )
 
 FORMS = ("cifar", "imagenet2016", "imagenet2018")
@@ -266,14 +268,15 @@ def build_model(
     # Stem. Convolutions and the pool are padded as the reference (MXNet) pads them.
     if form == "cifar":
         x = keras.layers.Conv2D(
-            base[0], 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+            base[0], 3, padding="same", use_bias=False, kernel_initializer=conv_initializer(),
             kernel_regularizer=regularizer, name="stem_conv",
         )(img_input)
     else:
         x = keras.layers.ZeroPadding2D(3, name="stem_pad")(img_input)
         x = keras.layers.Conv2D(
             base[0], 7, strides=2, padding="valid", use_bias=False,
-            kernel_initializer="he_normal", kernel_regularizer=regularizer, name="stem_conv",
+            kernel_initializer=conv_initializer(), kernel_regularizer=regularizer,
+            name="stem_conv",
         )(x)
     if form != "imagenet2018":  # the 2018 stem is a bare conv (symbol_cross.py)
         x = keras.layers.BatchNormalization(
@@ -324,7 +327,8 @@ def build_model(
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dense(
-            classes, activation=classifier_activation, kernel_regularizer=regularizer,
+            classes, activation=classifier_activation,
+            kernel_initializer=classifier_initializer(), kernel_regularizer=regularizer,
             bias_regularizer=other_regularizer, dtype=head_dtype, name="predictions",
         )(x)
     elif pooling == "avg":

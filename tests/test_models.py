@@ -156,3 +156,21 @@ def test_channels_first_is_a_clear_error():
             build_model(depth=8)
     finally:
         keras.config.set_image_data_format("channels_last")
+
+
+def test_initialisation_is_the_reference_codes():
+    """fusenet's train_model.py: convs Xavier(gaussian, in, 2) = N(0, 2/fan_in), untruncated;
+    the classifier Xavier(uniform, in, 1) = U(+-sqrt(3/fan_in)); BN gamma 1, beta 0."""
+    keras.utils.set_random_seed(0)
+    model = build_model(depth=20, width=2)
+    kernel = np.asarray(model.get_layer("stage3_block2").branches[0].convs[1].kernel)
+    fan_in = 3 * 3 * kernel.shape[2]
+    sigma = np.sqrt(2 / fan_in)
+    assert abs(kernel.std() / sigma - 1) < 0.02
+    assert np.mean(np.abs(kernel) > 2 * sigma) > 0.03  # a truncated normal has none beyond 2σ
+    dense = np.asarray(model.get_layer("predictions").kernel)
+    bound = np.sqrt(3 / dense.shape[0])
+    assert np.abs(dense).max() <= bound and np.abs(dense).max() > 0.9 * bound
+    assert abs(dense.std() / (bound / np.sqrt(3)) - 1) < 0.1
+    bn = model.get_layer("stage1_block1").branches[0].bns[1]
+    assert np.all(np.asarray(bn.gamma) == 1) and np.all(np.asarray(bn.beta) == 0)

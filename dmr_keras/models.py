@@ -265,31 +265,50 @@ def build_model(
     other_regularizer = keras.regularizers.get(bias_regularizer)
     img_input, source_inputs = _resolve_input(form, input_tensor, input_shape)
 
-    # Stem. Convolutions and the pool are padded as the reference (MXNet) pads them.
+    regs = dict(kernel_regularizer=regularizer, bias_regularizer=other_regularizer)
+    x = _stem(img_input, form, base[0], **regs)
+    x = _stages(x, form, blocks, stage_filters, block_type, num_branches, mapping,
+                zero_init_last_bn, **regs)
+    x = _top(x, include_top, pooling, classes, classifier_activation, **regs)
+
+    inputs = source_inputs if source_inputs is not None else img_input
+    if name is None:
+        name = f"{_PREFIX[mapping]}_{depth}"
+    return keras.Model(inputs, x, name=name)
+
+
+def _stem(x, form, filters, kernel_regularizer, bias_regularizer):
+    """The stem, padded as the reference (MXNet) pads it."""
     if form == "cifar":
         x = keras.layers.Conv2D(
-            base[0], 3, padding="same", use_bias=False, kernel_initializer=conv_initializer(),
-            kernel_regularizer=regularizer, name="stem_conv",
-        )(img_input)
+            filters, 3, padding="same", use_bias=False, kernel_initializer=conv_initializer(),
+            kernel_regularizer=kernel_regularizer, name="stem_conv",
+        )(x)
     else:
-        x = keras.layers.ZeroPadding2D(3, name="stem_pad")(img_input)
+        x = keras.layers.ZeroPadding2D(3, name="stem_pad")(x)
         x = keras.layers.Conv2D(
-            base[0], 7, strides=2, padding="valid", use_bias=False,
-            kernel_initializer=conv_initializer(), kernel_regularizer=regularizer,
+            filters, 7, strides=2, padding="valid", use_bias=False,
+            kernel_initializer=conv_initializer(), kernel_regularizer=kernel_regularizer,
             name="stem_conv",
         )(x)
     if form != "imagenet2018":  # the 2018 stem is a bare conv (symbol_cross.py)
         x = keras.layers.BatchNormalization(
-            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_regularizer=other_regularizer,
-            beta_regularizer=other_regularizer, name="stem_bn",
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_regularizer=bias_regularizer,
+            beta_regularizer=bias_regularizer, name="stem_bn",
         )(x)
         x = keras.layers.ReLU(name="stem_relu")(x)
     if form == "imagenet2016":  # Pooling(kernel 3, stride 2, pad 0)
         x = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(x)
     elif form == "imagenet2018":  # Pooling(kernel 3, stride 2, pad 1), on un-activated input
         x = SymmetricMaxPooling2D(3, strides=2, padding=1, name="stem_pool")(x)
+    return x
 
-    # Stages of merge-and-run (or identity / resnet) blocks.
+
+def _stages(x, form, blocks, stage_filters, block_type, num_branches, mapping,
+            zero_init_last_bn, kernel_regularizer, bias_regularizer):
+    """The stages of blocks, then the streams merged as the reference code merges them, with
+    plain layers: CIFAR (cross.py, last=True) relu(skip + sum_k H_k), the merged skip counted
+    once; ImageNet 2016 relu(sum_k (skip + H_k)); ImageNet 2018 the K streams concatenated."""
     last_stage = len(blocks) - 1
     for s, (n, filters) in enumerate(zip(blocks, stage_filters)):
         for b in range(n):
@@ -303,43 +322,40 @@ def build_model(
                 shortcut="none" if first and form == "imagenet2018" else "auto",
                 return_parts=last and form != "imagenet2018",
                 expansion=4 if block_type == "bottleneck" else 1,
-                kernel_regularizer=regularizer,
-                bias_regularizer=other_regularizer,
+                kernel_regularizer=kernel_regularizer,
+                bias_regularizer=bias_regularizer,
                 zero_init_last_bn=zero_init_last_bn,
                 name=f"stage{s + 1}_block{b + 1}",
             )
             x = block(x)
-    # The streams leave the last block as the reference code merges them, with plain layers:
-    # CIFAR (cross.py, last=True): relu(skip + sum_k H_k), the merged skip counted once;
-    # ImageNet 2016: relu(sum_k (skip + H_k)); ImageNet 2018: the K streams concatenated.
     if form == "cifar":
-        x = keras.layers.ReLU(name="head_relu")(keras.layers.Add(name="head_add")(x))
-    elif form == "imagenet2016":
+        return keras.layers.ReLU(name="head_relu")(keras.layers.Add(name="head_add")(x))
+    if form == "imagenet2016":
         skip, residuals = x[0], x[1:]
         x = keras.layers.Add(name="head_add")([skip] * block.num_streams + residuals)
-        x = keras.layers.ReLU(name="head_relu")(x)
-    elif isinstance(x, list):
-        x = keras.layers.Concatenate(name="head_concat")(x)
+        return keras.layers.ReLU(name="head_relu")(x)
+    if isinstance(x, list):
+        return keras.layers.Concatenate(name="head_concat")(x)
+    return x
 
-    # Head.
+
+def _top(x, include_top, pooling, classes, classifier_activation, kernel_regularizer,
+         bias_regularizer):
+    """Pooling and the classifier (float32 under a mixed-precision policy)."""
     policy = keras.config.dtype_policy()
     head_dtype = "float32" if policy.compute_dtype != policy.variable_dtype else None
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dense(
+        return keras.layers.Dense(
             classes, activation=classifier_activation,
-            kernel_initializer=classifier_initializer(), kernel_regularizer=regularizer,
-            bias_regularizer=other_regularizer, dtype=head_dtype, name="predictions",
+            kernel_initializer=classifier_initializer(), kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer, dtype=head_dtype, name="predictions",
         )(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-
-    inputs = source_inputs if source_inputs is not None else img_input
-    if name is None:
-        name = f"{_PREFIX[mapping]}_{depth}"
-    return keras.Model(inputs, x, name=name)
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
 
 
 def DMRNet(depth=56, **kwargs) -> keras.Model:

@@ -445,7 +445,7 @@ def test_dmr_train_two_workers_killed_and_restarted(tmp_path):
     """`dmr-train --strategy multiworker` end to end: both workers killed after the first
     checkpoint, the same command restarted, both resume at that epoch and finish alike."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "zoo.train", "--model", "dmrnet_8_tiny", "--epochs", "3",
+    args = [sys.executable, "-m", "zoo.train", "--model", "dmrnet_8_tiny", "--epochs", "2",
             "--strategy", "multiworker", "--output", str(out), "--verbose", "2", "--seed", "3"]
     state = out / "checkpoints" / "checkpoint.json"
 
@@ -473,7 +473,7 @@ def test_dmr_train_two_workers_killed_and_restarted(tmp_path):
     codes, logs = attempt("first", stop_after_checkpoint=True)
     assert state.exists(), "\n".join(logs)
     killed_at = json.loads(state.read_text())["epoch"]
-    assert 1 <= killed_at < 3 and not (out / "metrics.json").exists()
+    assert killed_at == 1 and not (out / "metrics.json").exists()
     codes, logs = attempt("again", stop_after_checkpoint=False)
     assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
     for log in logs:
@@ -482,4 +482,4 @@ def test_dmr_train_two_workers_killed_and_restarted(tmp_path):
               for log in logs]
     assert finals[0].split("wall")[0] == finals[1].split("wall")[0]  # same accuracy and loss
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["resumed_from_epoch"] == killed_at and len(metrics["history"]["loss"]) == 3
+    assert metrics["resumed_from_epoch"] == killed_at and len(metrics["history"]["loss"]) == 2

@@ -6,9 +6,10 @@ parameter, batch 64, 6 epochs) under each candidate fix, each in its own process
 table: logit std and loss at initialisation, first-epoch training loss, final training accuracy,
 test accuracy with the moving BN statistics and after precise BN.
 
-Candidates: ``none`` (the reference as written), ``warmup`` (linear warm-up over the first
-epoch from lr 0.01, He et al. / Goyal et al.), ``zero_init`` (last BN scale of every branch at
-0, Goyal et al.), ``both``. Results are written atomically to ``OUTPUT/init_study.json`` after
+Candidates: ``none`` (the reference as written), ``warmup`` / ``warmup2`` / ``warmup3`` (linear
+warm-up from lr 0.01 over the first 1 / 2 / 3 epochs, He et al. / Goyal et al.; it always ends
+before the first decay), ``zero_init`` (last BN scale of every branch at 0, Goyal et al.),
+``both`` (zero_init and a one-epoch warm-up). Results are written atomically to ``OUTPUT/init_study.json`` after
 every run; runs already there are skipped.
 
     python bench/init_study.py --output runs/init-study
@@ -30,6 +31,8 @@ import common  # noqa: E402,F401  (puts the checkout on sys.path)
 CANDIDATES = {
     "none": dict(warmup_epochs=0, zero_init_last_bn=False),
     "warmup": dict(warmup_epochs=1, zero_init_last_bn=False),
+    "warmup2": dict(warmup_epochs=2, zero_init_last_bn=False),
+    "warmup3": dict(warmup_epochs=3, zero_init_last_bn=False),
     "zero_init": dict(warmup_epochs=0, zero_init_last_bn=True),
     "both": dict(warmup_epochs=1, zero_init_last_bn=True),
 }

@@ -243,7 +243,7 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads, keras):
         plain, _, _ = data_lib.load(run["dataset"], batch_size=run["batch_size"], seed=seed,
                                     data_dir=data_dir, augment=False, epochs=1,
                                     validation_split=run["validation_split"] or 0.1)
-        training.precise_batchnorm(net, plain, max_batches=max(1, min(steps, 200)))
+        training.precise_batchnorm(net, plain, max_batches=max(1, min(steps, 100)))
     test_loss, test_acc = _evaluate(net, plan, eval_ds)
     trained = run["epochs"] - initial_epoch
     metrics = dict(

@@ -9,8 +9,8 @@ test accuracy with the moving BN statistics and after precise BN.
 Candidates: ``none`` (the reference as written), ``warmup`` / ``warmup2`` / ``warmup3`` (linear
 warm-up from lr 0.01 over the first 1 / 2 / 3 epochs, He et al. / Goyal et al.; it always ends
 before the first decay), ``zero_init`` (last BN scale of every branch at 0, Goyal et al.),
-``both`` (zero_init and a one-epoch warm-up). Results are written atomically to ``OUTPUT/init_study.json`` after
-every run; runs already there are skipped.
+``both`` (zero_init and a one-epoch warm-up). Results are written atomically to
+``OUTPUT/init_study.json`` after every run; runs already there are skipped.
 
     python bench/init_study.py --output runs/init-study
 """

@@ -120,3 +120,58 @@ def test_strategy_errors(monkeypatch):
                        '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}')
     with pytest.raises(ValueError, match="TF_CONFIG is malformed: task index 3 is outside"):
         parse_tf_config()
+
+
+def test_warmup_rises_linearly_then_follows_the_paper_steps_and_round_trips():
+    s = training.learning_rate_schedule("paper", 0.1, epochs=10, steps_per_epoch=10,
+                                        warmup_epochs=2)
+    assert isinstance(s, training.Warmup) and s.warmup_steps == 20
+    assert _lr(s, 0) == pytest.approx(0.01)
+    assert _lr(s, 10) == pytest.approx(0.01 + 0.09 * 10 / 20)
+    assert _lr(s, 20) == pytest.approx(0.1) and _lr(s, 49) == pytest.approx(0.1)
+    assert _lr(s, 51) == pytest.approx(0.01) and _lr(s, 99) == pytest.approx(0.0001)
+    # A warm-up never reaches past the first decay (here at step 50).
+    long = training.learning_rate_schedule("paper", 0.1, 10, 10, warmup_epochs=9)
+    assert long.warmup_steps == 49 and _lr(long, 51) == pytest.approx(0.01)
+    # It survives a .keras round trip inside the optimizer (what a resumed run reloads).
+    opt = keras.optimizers.deserialize(keras.optimizers.serialize(training.make_optimizer(s)))
+    restored = opt._learning_rate
+    assert isinstance(restored, training.Warmup)
+    assert [_lr(restored, i) for i in (0, 10, 30, 60)] == [_lr(s, i) for i in (0, 10, 30, 60)]
+    assert training.learning_rate_schedule("paper", 0.1, 10, 10, warmup_epochs=0).__class__ \
+        is keras.optimizers.schedules.PiecewiseConstantDecay
+    with pytest.raises(ValueError, match="`warmup_epochs` must be a number >= 0"):
+        training.learning_rate_schedule("paper", 0.1, 10, 10, warmup_epochs=-1)
+
+
+def test_precise_batchnorm_sets_the_average_of_the_batch_statistics():
+    inputs = keras.Input((3,))
+    bn = keras.layers.BatchNormalization(momentum=0.9, name="bn")
+    model = keras.Model(inputs, bn(inputs))
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc=i, scale=1 + i, size=(16, 3)).astype("float32") for i in range(4)]
+    used = training.precise_batchnorm(model, [(b, None) for b in batches])
+    assert used == 4 and bn.momentum == 0.9  # restored
+    np.testing.assert_allclose(np.asarray(bn.moving_mean),
+                               np.mean([b.mean(0) for b in batches], 0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance),
+                               np.mean([b.var(0) for b in batches], 0), rtol=1e-4)
+    # A frozen BatchNorm (fine-tuning) keeps its statistics.
+    bn.trainable = False
+    before = np.asarray(bn.moving_mean).copy()
+    training.precise_batchnorm(model, [(b + 10, None) for b in batches])
+    np.testing.assert_array_equal(np.asarray(bn.moving_mean), before)
+
+
+def test_run_settings_restore_determinism_and_policy():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("op determinism is TensorFlow's")
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    policy = keras.config.dtype_policy().name
+    with training.run_settings(seed=None, deterministic=not was, mixed_precision=True):
+        assert tf_config.is_op_determinism_enabled() == (not was)
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    assert tf_config.is_op_determinism_enabled() == was
+    assert keras.config.dtype_policy().name == policy

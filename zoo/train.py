@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULTS = dict(
     model="dmrnet_20", dataset="digits", epochs=15, batch_size=64, lr=0.1, weight_decay=1e-4,
-    weight_decay_scope="all", schedule="paper", warmup_epochs=1.0, zero_init_last_bn=False,
+    weight_decay_scope="all", schedule="paper", warmup_epochs=3.0, zero_init_last_bn=False,
     precise_bn=True, strategy="auto", mixed_precision=False, seed=0, output=None,
     init_weights=None, freeze_backbone=False, data_dir=None, validation_split=0.1,
     verbose=1, cpu_devices=None, cpu_threads="auto", deterministic=None, overwrite=False,
@@ -391,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "dense kernels only")
     p.add_argument("--schedule", default=d["schedule"], choices=["paper", "cosine"])
     p.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"],
-                   help="linear learning-rate warm-up from lr/10 over this many epochs (0: none)")
+                   help="linear learning-rate warm-up from lr/10 over this many epochs, ending "
+                        "before the first decay (0: none, as the reference code)")
     p.add_argument("--zero-init-last-bn", action=argparse.BooleanOptionalAction,
                    default=d["zero_init_last_bn"],
                    help="start each residual branch's last BN scale at 0 (blocks start as "

@@ -85,9 +85,12 @@ def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
     run_file = output / RUN_FILE
     ours = [name for name in _OUTPUTS if (output / name).exists()]
     if overwrite:
-        for name in ours:
+        for name in ours:  # tolerant: every worker of a multi-worker run gets here
             path = output / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return None
     if not ours:
         return None

@@ -39,3 +39,11 @@ def choice(name: str, value, choices):
         raise ValueError(
             f"Unknown `{name}`: {value!r}. Valid values: {', '.join(repr(c) for c in choices)}")
     return value
+
+
+def differing_settings(stored: dict, current: dict, keys, now: str = "now") -> list[str]:
+    """``"key: OLD there, NEW now"`` for every key whose stored value differs from the current
+    one: the wording of the errors that refuse to resume a run or a search with other settings.
+    """
+    return [f"{k}: {stored.get(k)!r} there, {current[k]!r} {now}" for k in keys
+            if stored.get(k) != current[k]]

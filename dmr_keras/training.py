@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from pathlib import Path
 
 import keras
 
+from dmr_keras import checks
 from dmr_keras.atomic import atomic_path, write_json
 
 SCHEDULES = ("paper", "cosine")
@@ -80,9 +80,7 @@ def learning_rate_schedule(
     """
     if name not in SCHEDULES:
         raise ValueError(f"Unknown `schedule`: {name!r}. Valid values: {', '.join(SCHEDULES)}")
-    if not (isinstance(warmup_epochs, (int, float)) and math.isfinite(warmup_epochs)
-            and warmup_epochs >= 0):
-        raise ValueError(f"`warmup_epochs` must be a number >= 0. Received: {warmup_epochs!r}")
+    checks.number("warmup_epochs", warmup_epochs, 0)
     total = max(1, epochs * steps_per_epoch)
     if name == "cosine":
         schedule = keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=total)
@@ -112,9 +110,7 @@ def make_optimizer(schedule) -> keras.optimizers.Optimizer:
 
 def kernel_weight_decay(weight_decay: float):
     """An L2 regulariser equal to MXNet-style weight decay ``wd`` on kernels (None for 0)."""
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
-            and weight_decay >= 0):
-        raise ValueError(f"`weight_decay` must be a number >= 0. Received: {weight_decay!r}")
+    checks.number("weight_decay", weight_decay, 0)
     return keras.regularizers.L2(weight_decay / 2) if weight_decay > 0 else None
 
 

@@ -370,10 +370,6 @@ def load_best(path):
 # ---- the search ---------------------------------------------------------------------------
 
 
-def _check_int(name, value, minimum, allow_none=False):
-    checks.integer(name, value, minimum, allow_none=allow_none)
-
-
 def _dataset_classes(spec, data_lib) -> int:
     """Class count of a checked dataset spec, without loading it."""
     known = {"digits": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "imagenet2012": 1000}
@@ -386,9 +382,8 @@ def _check_resume(project_dir: Path, config: dict, overwrite: bool) -> None:
     path = project_dir / "search.json"
     if overwrite or not path.is_file():
         return
-    old = json.loads(path.read_text())
-    diff = [f"{k}: {old.get(k)!r} there, {config[k]!r} here" for k in _RESUME_KEYS
-            if old.get(k) != config[k]]
+    diff = checks.differing_settings(json.loads(path.read_text()), config, _RESUME_KEYS,
+                                     now="here")
     if diff:
         raise ValueError(f"{project_dir} holds a search with other settings ({'; '.join(diff)}). "
                          "Run the same command to continue it, pass overwrite=True "
@@ -464,11 +459,11 @@ def tune(
     # ---- everything checked before any work ---------------------------------------------
     check_tuner(tuner)
     dataset = data_lib.check_dataset(dataset)
-    _check_int("max_trials", max_trials, 1)
-    _check_int("epochs", epochs, 1)
-    _check_int("seed", seed, 0)
-    _check_int("max_train_examples", max_train_examples, 1, allow_none=True)
-    _check_int("cpu_devices", cpu_devices, 1, allow_none=True)
+    checks.integer("max_trials", max_trials, 1)
+    checks.integer("epochs", epochs, 1)
+    checks.integer("seed", seed, 0)
+    checks.integer("max_train_examples", max_train_examples, 1, allow_none=True)
+    checks.integer("cpu_devices", cpu_devices, 1, allow_none=True)
     if strategy not in STRATEGIES:
         hint = (" (multi-worker training is not supported by keras-tuner's per-trial "
                 "strategies)" if strategy == "multiworker" else "")

@@ -100,13 +100,13 @@ def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
             f"{', '.join(ours)}. Its settings cannot be checked, so it cannot be resumed "
             "safely: pass --overwrite (overwrite=True) to start again there, or another "
             "--output.")
-    stored = json.loads(run_file.read_text())
-    differ = {k: (stored.get(k), run[k]) for k in RUN_KEYS if stored.get(k) != run[k]}
+    from dmr_keras.checks import differing_settings
+
+    differ = differing_settings(json.loads(run_file.read_text()), run, RUN_KEYS)
     if differ:
-        listing = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in
-                            differ.items())
         raise ValueError(
-            f"{output} holds another run ({listing}). Resuming needs the same settings: run "
+            f"{output} holds another run ({'; '.join(differ)}). Resuming needs the same "
+            "settings: run "
             "with the stored ones, choose another --output, or pass --overwrite "
             "(overwrite=True) to discard that run.")
     metrics_file = output / "metrics.json"
@@ -152,7 +152,6 @@ def train(
     ``cpu_threads`` / ``cpu_devices`` (None: leave alone) size TensorFlow's CPU thread pools
     and logical devices, which only a process whose TensorFlow has not started yet can do.
     """
-    import keras
 
     from dmr_keras import distribute, performance
 
@@ -189,16 +188,19 @@ def train(
 
     with run_settings(seed, deterministic, mixed_precision, has_gpu), plan.scope():
         return _train_run(run, output, plan, data_dir=data_dir, verbose=verbose,
-                          threads=threads, keras=keras)
+                          threads=threads)
 
 
-def _train_run(run, output, plan, *, data_dir, verbose, threads, keras):
+def _train_run(run, output, plan, *, data_dir, verbose, threads):
+    import keras
+
     from dmr_keras import data as data_lib
     from dmr_keras import training
     from dmr_keras.atomic import atomic_path, write_json
 
+    chief = _is_chief(plan)
     output.mkdir(parents=True, exist_ok=True)
-    if _is_chief(plan) and not (output / RUN_FILE).exists():
+    if chief and not (output / RUN_FILE).exists():
         write_json(output / RUN_FILE, run)
     ckpt_dir = output / "checkpoints"
     resume = training.latest_checkpoint(ckpt_dir)
@@ -223,12 +225,12 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads, keras):
     else:
         net = _build(run, info, steps)
     checkpoint = training.EpochCheckpoint(
-        ckpt_dir, history=resume["history"] if resume else None, enabled=_is_chief(plan))
+        ckpt_dir, history=resume["history"] if resume else None, enabled=chief)
     checkpoint.set_model(net)
     log_dir = output / "logs"
     hparams = {**run, "strategy": plan.name, "replicas": plan.num_replicas,
                "cpu_threads": threads or "unchanged", "init_weights": run["init_weights"] or ""}
-    if _is_chief(plan) and keras.backend.backend() == "tensorflow" and not resume:
+    if chief and keras.backend.backend() == "tensorflow" and not resume:
         training.write_hparams(log_dir / "hparams", hparams)
 
     print(f"Training {run['model']} on {run['dataset']}: {info.train_examples} images, "
@@ -262,7 +264,6 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads, keras):
                   class_names=list(info.class_names) if info.class_names else None),
         backend=keras.backend.backend(),
     )
-    chief = _is_chief(plan)
     # Every worker saves (a collective operation under a multi-worker strategy); only the
     # chief keeps its files.
     with (atomic_path(output / "model.keras") if chief else training.scratch_path(".keras")

@@ -33,8 +33,10 @@ def number(name: str, value, minimum: float, strict: bool = False,
     return float(value)
 
 
-def choice(name: str, value, choices):
-    """One of ``choices``."""
+def choice(name: str, value, choices, allow_none: bool = False):
+    """One of ``choices`` (or None when ``allow_none``)."""
+    if allow_none and value is None:
+        return value
     if value not in choices:
         raise ValueError(
             f"Unknown `{name}`: {value!r}. Valid values: {', '.join(repr(c) for c in choices)}")

@@ -60,7 +60,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import os
+import pickle
 
 import numpy as np
 import tensorflow as tf
@@ -104,6 +106,8 @@ class DataInfo:
     class_names: tuple | None
     mean: tuple  # per channel, in [0, 1] pixel units, applied by the pipeline
     std: tuple
+    eval_split: str = "test"  # what the eval set is: "test" or "val" (held out from training)
+    source: str = ""  # where the images came from: "tfds", "folder", "cifar-python", ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +224,7 @@ def _check_args(batch_size, validation_split, image_size):
 
 def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = None,
          validation_split: float = 0.1, augment: bool = True, image_size: int | None = None,
-         epochs: int | None = None, initial_epoch: int = 0,
+         epochs: int | None = None, initial_epoch: int = 0, eval_split: str | None = None,
          ) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
     """``(train, eval, info)`` for ``spec`` (see the module docstring).
 
@@ -228,7 +232,10 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
         spec: a name in ``DATASETS`` or ``"folder:PATH"``.
         batch_size: global batch size, >= 1.
         seed: seeds the train shuffle and augmentation (not the digits / folder split).
-        data_dir: TFDS ``data_dir`` (ImageNet: where its manual files are, see above).
+        data_dir: for ``cifar10`` / ``cifar100``, a folder holding ``train/<class>/`` +
+            ``test/<class>/`` images, the official python files (``cifar-10-batches-py/`` or
+            the ``.tar.gz``), or a TFDS data dir; for the other TFDS datasets the TFDS
+            ``data_dir`` (ImageNet: where its manual files are, see above).
         validation_split: fraction of each class held out for eval (``folder:`` only).
         augment: augment the train set (False: train images are only normalised).
         image_size: side of the model's input; ``folder:`` (default 32) and ``imagenet2012``
@@ -239,24 +246,36 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
             ``fit(..., epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=...)`` and a
             resumed run sees exactly the batches of an uninterrupted one. Without ``epochs``,
             one pass over the train dataset is one epoch, reshuffled at random on every pass.
+        eval_split: which split the eval dataset is: ``"test"`` or ``"val"``. None: ``val``
+            for a folder with a ``val/`` split or no split layout (the held-out fraction),
+            ``test`` otherwise. ``info.eval_split`` says which it is.
 
     Returns:
         train and eval datasets of ``(float32 (B, H, W, 3), int64 (B,))`` and a ``DataInfo``.
     """
     spec = check_dataset(spec)
     _check_args(batch_size, validation_split, image_size)
+    checks.choice("eval_split", eval_split, ("test", "val"), allow_none=True)
     _check_epochs(epochs, initial_epoch)
     seed = int(seed)
     run = dict(batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
                initial_epoch=initial_epoch)
     if spec.startswith(FOLDER_PREFIX):
         return _load_folder(spec[len(FOLDER_PREFIX):], validation_split,
-                            image_size or DEFAULT_FOLDER_IMAGE_SIZE, **run)
+                            image_size or DEFAULT_FOLDER_IMAGE_SIZE, eval_split=eval_split, **run)
+    if eval_split not in (None, "test"):
+        raise ValueError(f"{spec} has no validation split: `eval_split` must be 'test' (or None). "
+                         f"Received: {eval_split!r}. To hold images out, train on a folder:PATH "
+                         "with train/ and val/ sub-folders.")
     if spec != "imagenet2012" and image_size not in (None, 32):
         raise ValueError(f"{spec} images are 32x32: `image_size` must be None or 32. "
                          f"Received: {image_size!r}")
     if spec == "digits":
         return _load_digits(**run)
+    if spec in _CIFAR_CLASSES and data_dir is not None:
+        arrays = _cifar_from_dir(spec, data_dir)
+        if arrays is not None:
+            return _load_cifar_arrays(spec, arrays, **run)
     return _load_tfds(spec, data_dir, image_size, **run)
 
 
@@ -414,7 +433,137 @@ def _load_digits(batch_size, seed, augment, epochs, initial_epoch):
     test = _finish_eval(tf.data.Dataset.from_tensor_slices((x_test, y_test)), batch_size,
                         normalise)
     info = DataInfo("digits", 10, tuple(x_train.shape[1:]), len(x_train), len(x_test),
-                    tuple(str(i) for i in range(10)), mean, std)
+                    tuple(str(i) for i in range(10)), mean, std, "test", "sklearn")
+    return train, test, info
+
+
+# ---- CIFAR from a directory (no download) ------------------------------------------------------
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+_CIFAR_PYTHON = {  # name -> (folder, train files, test files, meta file, label key, names key)
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                ("test_batch",), "batches.meta", b"labels", b"label_names"),
+    "cifar100": ("cifar-100-python", ("train",), ("test",), "meta", b"fine_labels",
+                 b"fine_label_names"),
+}
+_CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+_CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+class _ArraysUnpickler(pickle.Unpickler):
+    """Unpickles the official CIFAR python files without running arbitrary code: the only
+    globals it resolves are what a pickled NumPy array needs (``_reconstruct``, ``ndarray``,
+    ``dtype``, ``_frombuffer``); any other (``os.system``, ...) raises ``UnpicklingError``.
+    Dicts, lists, bytes, strings and numbers need no globals."""
+
+    def find_class(self, module, name):
+        from numpy._core import multiarray, numeric
+
+        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+        for package in ("numpy.core", "numpy._core"):
+            allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+            allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+        if (module, name) in allowed:
+            return allowed[(module, name)]
+        raise pickle.UnpicklingError(
+            f"refused to load the global {module}.{name}: a CIFAR python file holds only "
+            "dicts, lists and NumPy arrays")
+
+
+def _read_cifar_pickle(data: bytes, what: str) -> dict:
+    import io
+
+    try:
+        return _ArraysUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as err:  # noqa: BLE001 - any failure means "not a CIFAR python file"
+        raise ValueError(f"{what} is not a CIFAR python batch file: {err}") from None
+
+
+def _cifar_batches(name, reader, where):
+    """``(x_train, y_train, x_test, y_test, class_names)`` from the CIFAR python files read by
+    ``reader(file name) -> bytes``."""
+    _, train_files, test_files, meta_file, label_key, names_key = _CIFAR_PYTHON[name]
+
+    def arrays(files):
+        xs, ys = [], []
+        for f in files:
+            batch = _read_cifar_pickle(reader(f), f"{where}/{f}")
+            try:
+                x = np.asarray(batch[b"data"], dtype=np.uint8)
+                y = np.asarray(batch[label_key], dtype=np.int64)
+            except (KeyError, TypeError) as err:
+                raise ValueError(f"{where}/{f} lacks the CIFAR keys ({err}).") from None
+            if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+                raise ValueError(f"{where}/{f}: data of shape {x.shape} with {len(y)} labels; "
+                                 "expected (N, 3072) and N labels.")
+            xs.append(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(y)
+        return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
+
+    x_train, y_train = arrays(train_files)
+    x_test, y_test = arrays(test_files)
+    meta = _read_cifar_pickle(reader(meta_file), f"{where}/{meta_file}")
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key])
+    return x_train, y_train, x_test, y_test, names
+
+
+def _cifar_from_dir(name, data_dir):
+    """CIFAR arrays from ``data_dir`` when it holds one of the offline layouts, else None (then
+    TFDS is asked, with ``data_dir`` as its data_dir). Returns ``(x_train, y_train, x_test,
+    y_test, class_names, source)`` with uint8 images."""
+    root = os.path.abspath(os.path.expanduser(data_dir))
+    if not os.path.isdir(root):
+        raise ValueError(f"`data_dir` not found: {root}. Pass a folder holding train/<class>/ + "
+                         f"test/<class>/ images, the official {_CIFAR_PYTHON[name][0]} files, "
+                         f"{_CIFAR_ARCHIVES[name]}, or a TFDS data dir.")
+    splits = split_folders(root)
+    if splits is not None and "test" in splits:
+        names = CIFAR10_CLASSES if name == "cifar10" else None
+        classes, train_items, test_items = _split_items(splits, names, "test")
+        if len(classes) != _CIFAR_CLASSES[name]:
+            raise ValueError(f"{root}: {len(classes)} class folders; {name} has "
+                             f"{_CIFAR_CLASSES[name]}. For another image set use folder:PATH.")
+        x_train, y_train = _decode_items(root, train_items, 32)
+        x_test, y_test = _decode_items(root, test_items, 32)
+        return x_train, y_train, x_test, y_test, classes, "folder"
+    folder = _CIFAR_PYTHON[name][0]
+    for candidate in (os.path.join(root, folder), root):
+        first = _CIFAR_PYTHON[name][1][0]
+        if os.path.isfile(os.path.join(candidate, first)):
+            def reader(f, base=candidate):
+                path = os.path.join(base, f)
+                if not os.path.isfile(path):
+                    raise ValueError(f"{base} lacks the CIFAR file {f}.")
+                with open(path, "rb") as fh:
+                    return fh.read()
+
+            return (*_cifar_batches(name, reader, candidate), "cifar-python")
+    archive = os.path.join(root, _CIFAR_ARCHIVES[name])
+    if os.path.isfile(archive):
+        import tarfile
+
+        with tarfile.open(archive, "r:gz") as tar:
+            members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+
+            def reader(f):
+                if f not in members:
+                    raise ValueError(f"{archive} lacks the CIFAR file {f}.")
+                return tar.extractfile(members[f]).read()
+
+            return (*_cifar_batches(name, reader, archive), "cifar-python")
+    return None
+
+
+def _load_cifar_arrays(name, arrays, batch_size, seed, augment, epochs, initial_epoch):
+    x_train, y_train, x_test, y_test, classes, source = arrays
+    spec = _TFDS[name]
+    train, test = _array_datasets(
+        x_train, y_train, x_test, y_test, mean=spec.mean, std=spec.std, pad=4, flip=True,
+        batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
+        initial_epoch=initial_epoch)
+    info = DataInfo(name, _CIFAR_CLASSES[name], (32, 32, 3), len(y_train), len(y_test),
+                    tuple(classes), tuple(spec.mean), tuple(spec.std), "test", source)
     return train, test, info
 
 
@@ -528,11 +677,132 @@ def _load_tfds(name, data_dir, image_size, batch_size, seed, augment, epochs, in
     test = _finish_eval(test, batch_size, lambda x: normalise(to_float(x)))
     names = tuple(label.names) if getattr(label, "names", None) else None
     info = DataInfo(name, int(label.num_classes), shape, train_examples, eval_examples, names,
-                    tuple(spec.mean), tuple(spec.std))
+                    tuple(spec.mean), tuple(spec.std), "test", "tfds")
     return train, test, info
 
 
+# ---- decoded images (uint8, decoded once per process) ---------------------------------------------
+
+
+_DECODED: dict = {}  # (fingerprint, size) -> (uint8 images, bad paths); at most a few entries
+_DECODED_ENTRIES = 4
+
+
+def _fingerprint(paths) -> str:
+    """Paths, sizes and modification times: a changed, added or removed file changes it."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def decode_images(paths, size: int) -> tuple[np.ndarray, list]:
+    """Every file of ``paths`` decoded once, in parallel, into ``(uint8 (N, size, size, 3),
+    bad paths)``; images of another size are resized (bilinear, antialiased). A file that fails
+    to read or decode is listed in ``bad`` (its row is zeros).
+
+    Kept in memory for the process, keyed by the files' paths, sizes and modification times, so
+    that the precise-BN pass, evaluation and a second ``load`` do not decode again (CIFAR-10:
+    60,000 JPEGs in about 3 s on 2 cores, 180 MB of uint8).
+    """
+    paths = [str(p) for p in paths]
+    key = (_fingerprint(paths), int(size))
+    if key in _DECODED:
+        return _DECODED[key]
+
+    def decode(index, path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        resized = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
+            tf.cast(image, tf.float32), [size, size], antialias=True)), 0, 255), tf.uint8)
+        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size]))
+        return index, tf.cond(same, lambda: tf.ensure_shape(image, [size, size, 3]),
+                              lambda: resized)
+
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype="int64"), paths))
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.ignore_errors(log_warning=False).batch(1024).prefetch(tf.data.AUTOTUNE)
+    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    good = np.zeros(len(paths), dtype=bool)
+    for index, batch in ds.as_numpy_iterator():
+        images[index] = batch
+        good[index] = True
+    result = images, [p for p, ok in zip(paths, good) if not ok]
+    if len(_DECODED) >= _DECODED_ENTRIES:
+        _DECODED.pop(next(iter(_DECODED)))
+    _DECODED[key] = result
+    return result
+
+
+def _channel_stats(images: np.ndarray) -> tuple[tuple, tuple]:
+    """Per-channel mean and std, in [0, 1] units, of uint8 images (float64 sums)."""
+    x = images.reshape(-1, 3)
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    for start in range(0, len(x), 1 << 22):
+        chunk = x[start:start + (1 << 22)].astype("float64") / 255.0
+        total += chunk.sum(0)
+        total_sq += (chunk * chunk).sum(0)
+    mean = total / max(len(x), 1)
+    std = np.sqrt(np.maximum(total_sq / max(len(x), 1) - mean**2, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
+
+
+def _raise_bad(root, bad):
+    if bad:
+        listing = "\n  ".join(bad)
+        raise ValueError(f"{len(bad)} unreadable or corrupt image file(s) in {root} (fix or "
+                         f"remove them):\n  {listing}")
+
+
+def _array_datasets(x_train, y_train, x_eval, y_eval, *, mean, std, pad, flip, batch_size, seed,
+                    augment, epochs, initial_epoch):
+    """Train and eval pipelines over in-memory uint8 images (the whole train set shuffled)."""
+    normalise = _normalise(mean, std)
+
+    def to_float(x):
+        return tf.cast(x, tf.float32) / 255.0
+
+    def eval_fn(x):
+        return normalise(to_float(x))
+
+    transform = _train_transform(to_float, normalise,
+                                 _pad_crop_augment(pad, flip) if augment else None)
+    train = _finish_train(tf.data.Dataset.from_tensor_slices((x_train, y_train)), batch_size,
+                          seed, max(len(y_train), 1), transform, epochs, initial_epoch)
+    test = _finish_eval(tf.data.Dataset.from_tensor_slices((x_eval, y_eval)), batch_size, eval_fn)
+    return train, test
+
+
 # ---- folder -------------------------------------------------------------------------------------
+
+
+def split_folders(root) -> dict | None:
+    """``{"train": path, "test": path, "val": path}`` (those present) when ``root``'s top level
+    is ``train/`` plus ``test/`` and/or ``val/`` (or ``validation/``), else None."""
+    found = {}
+    for split, names in (("train", ("train",)), ("val", ("val", "validation")),
+                         ("test", ("test",))):
+        for name in names:
+            path = os.path.join(root, name)
+            if os.path.isdir(path):
+                found.setdefault(split, path)
+    if "train" in found and ("test" in found or "val" in found):
+        return found
+    return None
+
+
+def eval_split_of(splits: dict, eval_split: str | None) -> str:
+    """The split a split-layout folder evaluates on: ``eval_split``, or ``val`` when there is
+    one (the test split is then kept for the final measurement), else ``test``."""
+    if eval_split is None:
+        return "val" if "val" in splits else "test"
+    if eval_split not in splits or eval_split == "train":
+        have = ", ".join(sorted(k for k in splits if k != "train"))
+        raise ValueError(f"`eval_split={eval_split!r}` is not a split of this dataset; it has: "
+                         f"{have}.")
+    return eval_split
 
 
 def folder_split(files_per_class, validation_split):
@@ -550,11 +820,38 @@ def folder_split(files_per_class, validation_split):
     return train, held_out
 
 
+def _split_items(splits, names, eval_name):
+    """``(class_names, train items, eval items)`` of a split-layout folder; the class folders of
+    every split must be the same."""
+    train_classes, train_files = _scan_folder(splits["train"])
+    classes, eval_files = _scan_folder(splits[eval_name])
+    if classes != train_classes:
+        raise ValueError(f"The class folders of {splits[eval_name]} ({', '.join(classes)}) are "
+                         f"not those of {splits['train']} ({', '.join(train_classes)}): every "
+                         "split needs the same class sub-folders.")
+    if names is not None and tuple(classes) != tuple(names):
+        raise ValueError(f"{os.path.dirname(splits['train'])} has the class folders "
+                         f"{', '.join(classes)}; expected {', '.join(names)}.")
+
+    def items(files):
+        return [(p, label) for label, paths in enumerate(files) for p in paths]
+
+    return tuple(classes), items(train_files), items(eval_files)
+
+
+def _decode_items(root, items, size):
+    images, bad = decode_images([p for p, _ in items], size)
+    _raise_bad(root, bad)
+    return images, np.array([y for _, y in items], dtype="int64")
+
+
 def _decode_resize(path, size):
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [size, size], antialias=True)
-    return tf.clip_by_value(image, 0.0, 1.0)
+    image = tf.cast(image, tf.float32) / 255.0
+    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size]))
+    return tf.cond(same, lambda: tf.ensure_shape(image, [size, size, 3]), lambda: tf.clip_by_value(
+        tf.image.resize(image, [size, size], antialias=True), 0.0, 1.0))
 
 
 def _scan_images(paths, is_train, size):
@@ -590,39 +887,57 @@ def _scan_images(paths, is_train, size):
     return bad, tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
 
 
-def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs, initial_epoch):
-    class_names, files = _scan_folder(root)
-    train_items, eval_items = folder_split(files, validation_split)
-    if not eval_items:
-        raise ValueError(f"Dataset folder {root}: `validation_split={validation_split}` holds out "
-                         f"no image ({len(train_items)} images). Raise it or add images.")
-    paths = [p for p, _ in train_items] + [p for p, _ in eval_items]
-    is_train = [True] * len(train_items) + [False] * len(eval_items)
-    bad, mean, std = _scan_images(paths, is_train, size)
-    if bad:
-        listing = "\n  ".join(bad)
-        raise ValueError(f"{len(bad)} unreadable or corrupt image file(s) in {root} (fix or "
-                         f"remove them):\n  {listing}")
-    normalise = _normalise(mean, std)
-    # Small sets are decoded once and kept in memory; larger ones are decoded every epoch, after
-    # the shuffle (which then holds paths, not images).
-    cache = len(paths) * size * size * 3 * 4 <= _CACHE_BYTES
+def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs, initial_epoch,
+                 eval_split=None):
+    splits = split_folders(root)
+    if splits is not None:
+        eval_name = eval_split_of(splits, eval_split)
+        class_names, train_items, eval_items = _split_items(splits, None, eval_name)
+    else:
+        if eval_split not in (None, "val"):
+            raise ValueError(f"`eval_split={eval_split!r}`: the folder {root} has no train/ + "
+                             "test/ layout; its eval set is the held-out `validation_split` "
+                             "of each class ('val').")
+        eval_name = "val"
+        class_names, files = _scan_folder(root)
+        train_items, eval_items = folder_split(files, validation_split)
+        if not eval_items:
+            raise ValueError(f"Dataset folder {root}: `validation_split={validation_split}` "
+                             f"holds out no image ({len(train_items)} images). Raise it or add "
+                             "images.")
+    n = len(train_items) + len(eval_items)
+    pad = max(size // 8, 1)
+    if n * size * size * 3 <= _CACHE_BYTES:
+        # Decoded once into uint8 (and kept for the process): no epoch decodes again.
+        x_train, y_train = _decode_items(root, train_items, size)
+        x_eval, y_eval = _decode_items(root, eval_items, size)
+        mean, std = _channel_stats(x_train)
+        train, test = _array_datasets(
+            x_train, y_train, x_eval, y_eval, mean=mean, std=std, pad=pad, flip=False,
+            batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
+            initial_epoch=initial_epoch)
+    else:
+        # Too big for memory: every file is checked once, then decoded every epoch after the
+        # shuffle (which holds paths, not images).
+        paths = [p for p, _ in train_items] + [p for p, _ in eval_items]
+        is_train = [True] * len(train_items) + [False] * len(eval_items)
+        bad, mean, std = _scan_images(paths, is_train, size)
+        _raise_bad(root, bad)
+        normalise = _normalise(mean, std)
 
-    def decode(path):
-        return _decode_resize(path, size)
+        def decode(path):
+            return _decode_resize(path, size)
 
-    def items_dataset(items, decoded):
-        ds = tf.data.Dataset.from_tensor_slices(
-            ([p for p, _ in items], np.array([y for _, y in items], dtype="int64")))
-        if decoded:
-            ds = ds.map(lambda p, y: (decode(p), y), num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.cache() if cache else ds
+        def items_dataset(items):
+            return tf.data.Dataset.from_tensor_slices(
+                ([p for p, _ in items], np.array([y for _, y in items], dtype="int64")))
 
-    pad_crop = _pad_crop_augment(max(size // 8, 1), flip=False) if augment else None
-    transform = _train_transform(tf.identity if cache else decode, normalise, pad_crop)
-    train = _finish_train(items_dataset(train_items, decoded=cache), batch_size, seed,
-                          len(train_items), transform, epochs, initial_epoch)
-    test = _finish_eval(items_dataset(eval_items, decoded=True), batch_size, normalise)
+        pad_crop = _pad_crop_augment(pad, flip=False) if augment else None
+        transform = _train_transform(decode, normalise, pad_crop)
+        train = _finish_train(items_dataset(train_items), batch_size, seed, len(train_items),
+                              transform, epochs, initial_epoch)
+        test = _finish_eval(items_dataset(eval_items), batch_size,
+                            lambda p: normalise(decode(p)))
     info = DataInfo(FOLDER_PREFIX + root, len(class_names), (size, size, 3), len(train_items),
-                    len(eval_items), class_names, mean, std)
+                    len(eval_items), class_names, mean, std, eval_name)
     return train, test, info

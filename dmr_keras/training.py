@@ -103,6 +103,43 @@ def learning_rate_schedule(
     return schedule
 
 
+@keras.saving.register_keras_serializable(package="dmr_keras")
+class SparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy with integer labels and label smoothing (Szegedy et al., 2016): the target
+    is ``(1 - label_smoothing) * one_hot + label_smoothing / classes``. Keras'
+    ``SparseCategoricalCrossentropy`` has no smoothing and ``CategoricalCrossentropy`` needs
+    one-hot labels; this takes the pipelines' int64 labels as they are."""
+
+    def __init__(self, label_smoothing: float = 0.0, from_logits: bool = False,
+                 name: str = "sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        checks.number("label_smoothing", label_smoothing, 0)
+        if label_smoothing >= 1:
+            raise ValueError("`label_smoothing` must be in [0, 1). "
+                             f"Received: label_smoothing={label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        labels = ops.cast(ops.reshape(y_true, [-1]), "int32")
+        target = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            target, y_pred, from_logits=self.from_logits, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing,
+                "from_logits": self.from_logits}
+
+
+def make_loss(label_smoothing: float = 0.0) -> keras.losses.Loss:
+    """The training loss on softmax outputs: Keras' sparse cross-entropy, or
+    :class:`SparseCrossentropy` when ``label_smoothing`` > 0."""
+    if label_smoothing:
+        return SparseCrossentropy(label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
 def make_optimizer(schedule) -> keras.optimizers.Optimizer:
     """SGD with Nesterov momentum 0.9 (the reference recipe)."""
     return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)

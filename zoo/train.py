@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULTS = dict(
     model="dmrnet_20", dataset="digits", epochs=15, batch_size=64, lr=0.1, weight_decay=1e-4,
-    weight_decay_scope="all", schedule="paper", warmup_epochs=3.0, zero_init_last_bn=False,
+    weight_decay_scope="all", schedule="paper", warmup_epochs=3.0, label_smoothing=0.0, zero_init_last_bn=False,
     precise_bn=True, strategy="auto", mixed_precision=False, seed=0, output=None,
     init_weights=None, freeze_backbone=False, data_dir=None, validation_split=0.1,
     verbose=1, cpu_devices=None, cpu_threads="auto", deterministic=None, overwrite=False,
@@ -40,7 +40,8 @@ RUN_FILE = "run.json"
 # The settings that define what a run computes. Re-running into a directory with other values
 # for any of them is refused (unless overwrite): a resumed run must be the same run.
 RUN_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "weight_decay",
-            "weight_decay_scope", "schedule", "warmup_epochs", "zero_init_last_bn", "precise_bn",
+            "weight_decay_scope", "schedule", "warmup_epochs", "label_smoothing",
+            "zero_init_last_bn", "precise_bn",
             "seed", "mixed_precision", "init_weights", "freeze_backbone", "validation_split")
 # What dmr-train writes into its output directory (and --overwrite removes).
 _OUTPUTS = ("checkpoints", "logs", "model.keras", "model.weights.h5", "metrics.json",
@@ -62,6 +63,10 @@ def _check_arguments(run: dict, strategy: str, freeze_backbone: bool) -> str:
     checks.choice("weight_decay_scope", run["weight_decay_scope"], WEIGHT_DECAY_SCOPES)
     checks.choice("schedule", run["schedule"], training.SCHEDULES)
     checks.number("warmup_epochs", run["warmup_epochs"], 0)
+    checks.number("label_smoothing", run["label_smoothing"], 0)
+    if run["label_smoothing"] >= 1:
+        raise ValueError("`label_smoothing` must be in [0, 1). "
+                         f"Received: label_smoothing={run['label_smoothing']!r}")
     distribute.check_strategy_name(strategy)
     init_weights = run["init_weights"]
     if init_weights is not None and not Path(init_weights).exists():
@@ -102,7 +107,9 @@ def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
             "--output.")
     from dmr_keras.checks import differing_settings
 
-    differ = differing_settings(json.loads(run_file.read_text()), run, RUN_KEYS)
+    stored = json.loads(run_file.read_text())
+    stored.setdefault("label_smoothing", 0.0)  # runs from before the option trained without
+    differ = differing_settings(stored, run, RUN_KEYS)
     if differ:
         raise ValueError(
             f"{output} holds another run ({'; '.join(differ)}). Resuming needs the same "
@@ -126,6 +133,7 @@ def train(
     weight_decay_scope: str = DEFAULTS["weight_decay_scope"],
     schedule: str = DEFAULTS["schedule"],
     warmup_epochs: float = DEFAULTS["warmup_epochs"],
+    label_smoothing: float = DEFAULTS["label_smoothing"],
     zero_init_last_bn: bool = DEFAULTS["zero_init_last_bn"],
     precise_bn: bool = DEFAULTS["precise_bn"],
     strategy: str = DEFAULTS["strategy"],
@@ -158,6 +166,7 @@ def train(
     run = dict(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
                weight_decay=weight_decay, weight_decay_scope=weight_decay_scope,
                schedule=schedule, warmup_epochs=warmup_epochs,
+               label_smoothing=label_smoothing,
                zero_init_last_bn=bool(zero_init_last_bn), precise_bn=bool(precise_bn),
                seed=seed, mixed_precision=bool(mixed_precision), init_weights=init_weights,
                freeze_backbone=bool(freeze_backbone), validation_split=validation_split)
@@ -353,7 +362,7 @@ def _build(run, info, steps):
         run["schedule"], run["lr"], run["epochs"], steps,
         imagenet=run["dataset"] == "imagenet2012", warmup_epochs=run["warmup_epochs"])
     net.compile(optimizer=training.make_optimizer(sched),
-                loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+                loss=training.make_loss(run["label_smoothing"]), metrics=["accuracy"])
     return net
 
 
@@ -397,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"],
                    help="linear learning-rate warm-up from lr/10 over this many epochs, ending "
                         "before the first decay (0: none, as the reference code)")
+    p.add_argument("--label-smoothing", type=float, default=d["label_smoothing"],
+                   help="label smoothing of the cross-entropy target (0: none, as the paper)")
     p.add_argument("--zero-init-last-bn", action=argparse.BooleanOptionalAction,
                    default=d["zero_init_last_bn"],
                    help="start each residual branch's last BN scale at 0 (blocks start as "
@@ -416,7 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. dmrnet_8_tiny.digits)")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="train only the new head (needs --init-weights)")
-    p.add_argument("--data-dir", default=None, help="TFDS data_dir (ImageNet: manual files)")
+    p.add_argument("--data-dir", default=None,
+                   help="cifar10/cifar100: a folder with train/<class>/ + test/<class>/ images, "
+                        "the official python files or a TFDS data dir; other TFDS datasets: "
+                        "the TFDS data_dir (ImageNet: manual files)")
     p.add_argument("--validation-split", type=float, default=d["validation_split"],
                    help="folder datasets: fraction held out per class")
     p.add_argument("--verbose", type=int, default=d["verbose"], help="0 silent, 1 bar, 2 lines")

@@ -38,6 +38,7 @@ setup(
         "console_scripts": [
             "dmr-demo=zoo.demo:main",
             "dmr-train=zoo.train:main",
+            "dmr-eval=zoo.evaluate:main",
             "dmr-zoo=zoo.cli:main",
             "dmr-tune=tuning.search:main",
         ],

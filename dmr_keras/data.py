@@ -437,6 +437,44 @@ def _load_digits(batch_size, seed, augment, epochs, initial_epoch):
     return train, test, info
 
 
+# ---- content hash -----------------------------------------------------------------------------
+
+
+def content_sha256(data_dir, patterns=None) -> str:
+    """A hash of a dataset directory's content: the sha256 of the lines
+    ``"<sha256 of file>  <path relative to data_dir>"`` for every image (and CIFAR python) file
+    below it, in byte order of the paths. The same as running
+    ``find train test -type f | LC_ALL=C sort | xargs sha256sum | sha256sum`` inside it (as
+    ``shared/data/README.md`` does for the CIFAR-10 JPEG copy), so the two can be compared.
+    Recorded with published weights: which exact images a metric was measured on.
+    """
+    root = os.path.abspath(os.path.expanduser(data_dir))
+    if not os.path.isdir(root):
+        raise ValueError(f"`data_dir` not found: {root}")
+    wanted = tuple(patterns) if patterns else IMAGE_EXTENSIONS
+    names = set()
+    for value in _CIFAR_PYTHON.values():
+        names.update(value[1] + value[2] + (value[3],))
+    rel = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in filenames:
+            if f.startswith("."):
+                continue
+            if f.lower().endswith(wanted) or f in names or f.endswith(".tar.gz"):
+                rel.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+    if not rel:
+        raise ValueError(f"{root} holds no image or CIFAR files to hash.")
+    outer = hashlib.sha256()
+    for path in sorted(rel, key=lambda p: p.encode()):
+        h = hashlib.sha256()
+        with open(os.path.join(root, path), "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        outer.update(f"{h.hexdigest()}  {path}\n".encode())
+    return outer.hexdigest()
+
+
 # ---- CIFAR from a directory (no download) ------------------------------------------------------
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -451,16 +489,37 @@ _CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-p
 _CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
+def _latin1_bytes(text, encoding="latin1"):
+    """``_codecs.encode`` as a protocol 0-2 pickle written by Python 3 uses it: bytes (a NumPy
+    array's buffer too) are stored as ``encode(text, 'latin1')``. Nothing else is allowed."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(
+            f"refused _codecs.encode({type(text).__name__}, {encoding!r}): only latin-1 text "
+            "(pickled bytes) is allowed")
+    return text.encode("latin-1")
+
+
+def _empty_bytes(*args):
+    """``bytes()``, as a protocol 0-2 pickle written by Python 3 stores ``b""``."""
+    if args:
+        raise pickle.UnpicklingError("refused bytes(...) with arguments: only bytes() is allowed")
+    return b""
+
+
 class _ArraysUnpickler(pickle.Unpickler):
     """Unpickles the official CIFAR python files without running arbitrary code: the only
     globals it resolves are what a pickled NumPy array needs (``_reconstruct``, ``ndarray``,
-    ``dtype``, ``_frombuffer``); any other (``os.system``, ...) raises ``UnpicklingError``.
-    Dicts, lists, bytes, strings and numbers need no globals."""
+    ``dtype``, ``_frombuffer``) and, for bytes in protocol 0-2 pickles written by Python 3,
+    restricted stand-ins for ``_codecs.encode`` (latin-1 only) and ``bytes()``; any other
+    (``os.system``, ...) raises ``UnpicklingError``. Dicts, lists, strings and numbers need no
+    globals."""
 
     def find_class(self, module, name):
         from numpy._core import multiarray, numeric
 
-        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                   ("_codecs", "encode"): _latin1_bytes, ("__builtin__", "bytes"): _empty_bytes,
+                   ("builtins", "bytes"): _empty_bytes}
         for package in ("numpy.core", "numpy._core"):
             allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
             allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
@@ -484,27 +543,43 @@ def _cifar_batches(name, reader, where):
     """``(x_train, y_train, x_test, y_test, class_names)`` from the CIFAR python files read by
     ``reader(file name) -> bytes``."""
     _, train_files, test_files, meta_file, label_key, names_key = _CIFAR_PYTHON[name]
+    num_classes = _CIFAR_CLASSES[name]
 
     def arrays(files):
         xs, ys = [], []
         for f in files:
-            batch = _read_cifar_pickle(reader(f), f"{where}/{f}")
+            what = f"{where}/{f}"
+            batch = _read_cifar_pickle(reader(f), what)
             try:
-                x = np.asarray(batch[b"data"], dtype=np.uint8)
-                y = np.asarray(batch[label_key], dtype=np.int64)
-            except (KeyError, TypeError) as err:
-                raise ValueError(f"{where}/{f} lacks the CIFAR keys ({err}).") from None
-            if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
-                raise ValueError(f"{where}/{f}: data of shape {x.shape} with {len(y)} labels; "
-                                 "expected (N, 3072) and N labels.")
-            xs.append(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            ys.append(y)
+                x = np.asarray(batch[b"data"])
+                y = np.asarray(batch[label_key])
+            except (KeyError, TypeError, IndexError, ValueError) as err:
+                raise ValueError(f"{what} lacks the CIFAR keys b'data' and {label_key!r} "
+                                 f"({err!r}).") from None
+            if x.ndim != 2 or x.shape[1] != 3072 or y.ndim != 1 or len(x) != len(y):
+                raise ValueError(f"{what}: data of shape {x.shape} with labels of shape "
+                                 f"{y.shape}; expected (N, 3072) and N labels.")
+            if x.dtype != np.uint8 and (x.dtype.kind not in "iu" or (
+                    x.size and (x.min() < 0 or x.max() > 255))):
+                raise ValueError(f"{what}: data of dtype {x.dtype}; expected uint8 pixels.")
+            if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() >= num_classes)):
+                shown = f"{y.min()}..{y.max()}" if y.dtype.kind in "iuf" and y.size else y.dtype
+                raise ValueError(f"{what}: labels {shown}; {name} labels are integers in "
+                                 f"0..{num_classes - 1}.")
+            xs.append(x.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(y.astype(np.int64))
         return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
 
     x_train, y_train = arrays(train_files)
     x_test, y_test = arrays(test_files)
-    meta = _read_cifar_pickle(reader(meta_file), f"{where}/{meta_file}")
-    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key])
+    what = f"{where}/{meta_file}"
+    meta = _read_cifar_pickle(reader(meta_file), what)
+    try:
+        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key])
+    except (KeyError, TypeError, IndexError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} lacks the CIFAR key {names_key!r} ({err!r}).") from None
+    if len(names) != num_classes:
+        raise ValueError(f"{what}: {len(names)} class names; {name} has {num_classes}.")
     return x_train, y_train, x_test, y_test, names
 
 
@@ -523,7 +598,8 @@ def _cifar_from_dir(name, data_dir):
         classes, train_items, test_items = _split_items(splits, names, "test")
         if len(classes) != _CIFAR_CLASSES[name]:
             raise ValueError(f"{root}: {len(classes)} class folders; {name} has "
-                             f"{_CIFAR_CLASSES[name]}. For another image set use folder:PATH.")
+                             f"{_CIFAR_CLASSES[name]}. For another image set use "
+                             f"folder:{root}.")
         x_train, y_train = _decode_items(root, train_items, 32)
         x_test, y_test = _decode_items(root, test_items, 32)
         return x_train, y_train, x_test, y_test, classes, "folder"
@@ -681,7 +757,7 @@ def _load_tfds(name, data_dir, image_size, batch_size, seed, augment, epochs, in
     return train, test, info
 
 
-# ---- decoded images (uint8, decoded once per process) ---------------------------------------------
+# ---- decoded images (uint8, decoded once per process) -------------------------------------------
 
 
 _DECODED: dict = {}  # (fingerprint, size) -> (uint8 images, bad paths); at most a few entries
@@ -830,8 +906,9 @@ def _split_items(splits, names, eval_name):
                          f"not those of {splits['train']} ({', '.join(train_classes)}): every "
                          "split needs the same class sub-folders.")
     if names is not None and tuple(classes) != tuple(names):
-        raise ValueError(f"{os.path.dirname(splits['train'])} has the class folders "
-                         f"{', '.join(classes)}; expected {', '.join(names)}.")
+        root = os.path.dirname(splits["train"])
+        raise ValueError(f"{root} has the class folders {', '.join(classes)}; expected "
+                         f"{', '.join(names)}. For another image set use folder:{root}.")
 
     def items(files):
         return [(p, label) for label, paths in enumerate(files) for p in paths]
@@ -939,5 +1016,5 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
         test = _finish_eval(items_dataset(eval_items), batch_size,
                             lambda p: normalise(decode(p)))
     info = DataInfo(FOLDER_PREFIX + root, len(class_names), (size, size, 3), len(train_items),
-                    len(eval_items), class_names, mean, std, eval_name)
+                    len(eval_items), class_names, mean, std, eval_name, "folder")
     return train, test, info

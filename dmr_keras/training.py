@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 import keras
@@ -280,14 +281,24 @@ class EpochCheckpoint(keras.callbacks.Callback):
     removed, because a save under a multi-worker strategy is a collective operation.
     """
 
-    def __init__(self, directory, history: dict | None = None, keep: int = 2, enabled=True):
+    def __init__(self, directory, history: dict | None = None, keep: int = 2, enabled=True,
+                 epoch_times: dict | None = None):
         super().__init__()
         self.directory = Path(directory)
         self.history = {k: list(v) for k, v in (history or {}).items()}
         self.keep = keep
         self.enabled = enabled
+        # {"epoch number": wall seconds} over every attempt (a killed attempt's unfinished
+        # epoch is not counted); the run's CPU/GPU time is the sum.
+        self.epoch_times = dict(epoch_times or {})
+        self._started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._started is not None:
+            self.epoch_times[str(epoch + 1)] = round(time.perf_counter() - self._started, 3)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         if not self.enabled:
@@ -298,7 +309,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         with atomic_path(self.directory / name) as tmp:
             self.model.save(tmp)
         write_json(self.directory / CHECKPOINT_STATE,
-                   {"epoch": epoch + 1, "file": name, "history": self.history})
+                   {"epoch": epoch + 1, "file": name, "history": self.history,
+                    "epoch_times_s": self.epoch_times})
         for old in sorted(self.directory.glob("epoch-*.keras"))[: -self.keep]:
             old.unlink()
 

@@ -234,7 +234,8 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
     else:
         net = _build(run, info, steps)
     checkpoint = training.EpochCheckpoint(
-        ckpt_dir, history=resume["history"] if resume else None, enabled=chief)
+        ckpt_dir, history=resume["history"] if resume else None, enabled=chief,
+        epoch_times=resume.get("epoch_times_s") if resume else None)
     checkpoint.set_model(net)
     log_dir = output / "logs"
     hparams = {**run, "strategy": plan.name, "replicas": plan.num_replicas,
@@ -260,17 +261,28 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
         training.precise_batchnorm(net, plain, max_batches=max(1, min(steps, 100)))
     test_loss, test_acc = _evaluate(net, plan, eval_ds)
     trained = run["epochs"] - initial_epoch
+    data_record = dict(num_classes=info.num_classes, image_shape=list(info.image_shape),
+                       mean=list(info.mean), std=list(info.std),
+                       class_names=list(info.class_names) if info.class_names else None,
+                       source=info.source, eval_split=info.eval_split)
+    if info.source in ("folder", "cifar-python") and chief:
+        root = data_dir if data_dir and not run["dataset"].startswith("folder:") else \
+            run["dataset"][len("folder:"):]
+        data_record["sha256"] = data_lib.content_sha256(root)
+    times = checkpoint.epoch_times
     metrics = dict(
         model=run["model"], dataset=run["dataset"], epochs=run["epochs"],
         resumed_from_epoch=initial_epoch, test_accuracy=float(test_acc),
         test_loss=float(test_loss), wall_time_s=round(wall, 2),
+        # Summed over every attempt of a resumed run; epochs_timed < epochs when some epochs
+        # ran under a dmr-train that did not time them.
+        train_time_s=round(sum(times.values()), 1), epochs_timed=len(times),
+        eval_split=info.eval_split,
         train_images_per_s=round(trained * steps * run["batch_size"] / wall, 1)
         if wall > 0 and trained else None,
         trainable_params=int(sum(math.prod(w.shape) for w in net.trainable_weights)),
         history=checkpoint.history, hparams=hparams, command=training.command_line(),
-        data=dict(num_classes=info.num_classes, image_shape=list(info.image_shape),
-                  mean=list(info.mean), std=list(info.std),
-                  class_names=list(info.class_names) if info.class_names else None),
+        data=data_record, versions=_versions(),
         backend=keras.backend.backend(),
     )
     # Every worker saves (a collective operation under a multi-worker strategy); only the
@@ -364,6 +376,20 @@ def _build(run, info, steps):
     net.compile(optimizer=training.make_optimizer(sched),
                 loss=training.make_loss(run["label_smoothing"]), metrics=["accuracy"])
     return net
+
+
+def _versions() -> dict:
+    """The versions a run used (recorded in metrics.json and with published weights)."""
+    import platform
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for dist in ("dmr-keras", "keras", "tensorflow", "numpy"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
 
 
 def _has_gpu() -> bool:

@@ -591,9 +591,14 @@ def _cifar_from_dir(name, data_dir):
     if not os.path.isdir(root):
         raise ValueError(f"`data_dir` not found: {root}. Pass a folder holding train/<class>/ + "
                          f"test/<class>/ images, the official {_CIFAR_PYTHON[name][0]} files, "
-                         f"{_CIFAR_ARCHIVES[name]}, or a TFDS data dir.")
+                         f"{_CIFAR_ARCHIVES[name]}, or a TFDS data dir (to let TFDS download "
+                         "into a new folder, create it first).")
     splits = split_folders(root)
-    if splits is not None and "test" in splits:
+    if splits is not None and "test" not in splits:
+        raise ValueError(f"{root} has train/ and val/ but no test/: {name}'s eval set is its "
+                         "test split. Add test/<class>/ images, or train on "
+                         f"folder:{root} (its val/ split is then the eval set).")
+    if splits is not None:
         names = CIFAR10_CLASSES if name == "cifar10" else None
         classes, train_items, test_items = _split_items(splits, names, "test")
         if len(classes) != _CIFAR_CLASSES[name]:

@@ -196,3 +196,18 @@ def test_report_ratios_and_the_multi_core_bound():
 
     only_single = throughput.report(args, runs[2:], {}, mach)  # no contender: no crash
     assert "single / single" in only_single
+
+
+def test_input_pipeline_prints_pipeline_and_training_rates(tmp_path):
+    out = tmp_path / "p.json"
+    proc = _run("input_pipeline.py", "--dataset", "digits", "--models", "dmrnet_8_tiny",
+                "--batch-size", "32", "--pipeline-batches", "10", "--steps", "2",
+                "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    pipe, (run,) = data["pipeline"], data["training"]
+    assert pipe["dataset"] == "digits" and pipe["batches"] == 10 and pipe["images_per_s"] > 0
+    assert run["model"] == "dmrnet_8_tiny" and run["images_per_s"] > 0
+    (row,) = _table_rows(proc.stdout, "dmrnet_8_tiny ")
+    ratio = pipe["images_per_s"] / run["images_per_s"]
+    assert row.split("|")[3].strip() == f"{ratio:.1f}x"

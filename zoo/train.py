@@ -30,8 +30,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULTS = dict(
     model="dmrnet_20", dataset="digits", epochs=15, batch_size=64, lr=0.1, weight_decay=1e-4,
-    weight_decay_scope="all", schedule="paper", warmup_epochs=3.0, label_smoothing=0.0, zero_init_last_bn=False,
-    precise_bn=True, strategy="auto", mixed_precision=False, seed=0, output=None,
+    weight_decay_scope="all", schedule="paper", warmup_epochs=3.0, label_smoothing=0.0,
+    zero_init_last_bn=False, precise_bn=True, strategy="auto", mixed_precision=False, seed=0,
+    output=None,
     init_weights=None, freeze_backbone=False, data_dir=None, validation_split=0.1,
     verbose=1, cpu_devices=None, cpu_threads="auto", deterministic=None, overwrite=False,
 )
@@ -353,7 +354,6 @@ def _init_source(init_weights: str, model: str):
 
 def _build(run, info, steps):
     """The model, compiled with the recipe: SGD Nesterov, the schedule, weight decay."""
-    import keras
 
     from dmr_keras import training
     from zoo.registry import create_model, load_pretrained

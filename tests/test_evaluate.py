@@ -2,6 +2,7 @@
 `verify_accuracy`, checked against independent computations."""
 
 import csv
+import re
 import json
 import shutil
 
@@ -145,3 +146,23 @@ def test_verify_accuracy_ok_fail_and_skipped(tmp_path, monkeypatch):
     assert rows["dmrnet_8_tiny.worse"]["detail"].startswith("+3.33 points")
     assert rows["dmrnet_8_tiny.cifarish"]["status"] == "SKIPPED"
     assert "--data-dir cifar10=PATH" in rows["dmrnet_8_tiny.cifarish"]["detail"]
+
+
+def test_cli_verify_accuracy(tmp_path, monkeypatch, capsys):
+    from zoo import cli
+    from zoo import weights
+
+    monkeypatch.setenv("DMR_KERAS_HOME", str(tmp_path / "cache"))
+    assert cli.main(["verify", "--accuracy"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"^OK +{re.escape(KEY)}  stored 98.33 %  measured 98.33 %", out, re.M)
+    record = weights.load_manifest()[KEY].to_json()
+    worse = {**record, "tag": "worse", "metrics": {**record["metrics"], "test_accuracy": 0.97}}
+    (tmp_path / "m.json").write_text(json.dumps(
+        {"format": 1, "weights": {"dmrnet_8_tiny.worse": worse}}))
+    monkeypatch.setenv("DMR_KERAS_MANIFESTS", str(tmp_path / "m.json"))
+    assert cli.main(["verify", "--accuracy", "--tolerance", "2"]) == 0  # 1.33 points off
+    assert cli.main(["verify", "--accuracy"]) == 1
+    assert "FAIL     dmrnet_8_tiny.worse" in capsys.readouterr().out
+    assert cli.main(["verify", "--accuracy", "--data-dir", "cifar10"]) == 2
+    assert "DATASET=PATH" in capsys.readouterr().err

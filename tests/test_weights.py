@@ -520,3 +520,21 @@ def test_cache_dir_follows_keras_home(monkeypatch, tmp_path):
     assert weights.cache_dir() == tmp_path / "kh" / "dmr_keras"
     monkeypatch.setenv("DMR_KERAS_HOME", str(tmp_path / "mine"))
     assert weights.cache_dir() == tmp_path / "mine"
+
+
+def test_fingerprint_and_provenance_are_optional(tmp_path):
+    old = _entry(b"x", None).to_json()
+    assert "fingerprint" not in old and "provenance" not in old  # written as before
+    entry = WeightEntry.from_json("tinynet.fake", old)
+    assert entry.fingerprint is None and entry.provenance is None
+    fingerprint = {"version": 1, "seed": 0, "count": 1, "output": "logits", "top": 2,
+                   "indices": [[3, 1]], "values": [[2.5, 1.0]], "tolerance": 2.5e-4}
+    new = WeightEntry.from_json("tinynet.fake", {**old, "fingerprint": fingerprint,
+                                                 "provenance": {"wall_time_s": 1.5}})
+    manifest = _write_manifest(tmp_path / "m.json", [new])
+    assert weights.load_manifest(manifest)["tinynet.fake"] == new
+    assert new.to_json()["fingerprint"] == fingerprint
+    for bad in ({"fingerprint": [1, 2]}, {"fingerprint": {"values": []}},
+                {"provenance": "yesterday"}):
+        with pytest.raises(ValueError, match="fingerprint|provenance"):
+            WeightEntry.from_json("tinynet.fake", {**old, **bad})

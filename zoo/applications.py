@@ -9,6 +9,9 @@ activation other than softmax/None on a pretrained head, and a channel count the
 take. ``classes=None`` means the weights' class count, or the form's default (10 for CIFAR
 forms, 1000 for ImageNet) without weights. :func:`preprocess_input` and
 :func:`decode_predictions` use the preprocessing and class names stored with each weights entry.
+Weights given by tag are checked against the entry's fingerprint when loaded (one forward pass on
+4 reference inputs, :mod:`zoo.fingerprint`): a network that has drifted from the published one
+raises ``ValueError``.
 """
 
 from __future__ import annotations

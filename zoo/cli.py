@@ -3,7 +3,8 @@
     dmr-zoo list [PATTERN]                  a table of models (and their weight tags)
     dmr-zoo info NAME                       the model card as JSON
     dmr-zoo fetch NAME.TAG                  resolve a weights file (package, cache, mirror, URL)
-    dmr-zoo verify                          re-hash shipped and cached weights per key
+    dmr-zoo verify [--deep]                 re-hash shipped and cached weights per key
+                                            (--deep: and check each one's fingerprint)
     dmr-zoo publish RUN_DIR --tag TAG       a finished dmr-train run -> a manifest entry
     dmr-zoo export NAME[.TAG] --format saved_model|onnx|tflite --output PATH
 """
@@ -11,9 +12,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import platform
+import re
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -63,19 +68,151 @@ def cmd_verify(args) -> int:
     counts = {s: sum(r.status == s for r in results) for s in ("OK", "MISSING", "BAD")}
     print(f"{len({r.key for r in results})} key(s) checked in {weights.SHIPPED_DIR} and "
           f"{weights.cache_dir()}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    code = 1 if counts["BAD"] else 0
+    if getattr(args, "deep", False):
+        code = max(code, verify_deep(results))
+    if getattr(args, "accuracy", False):
+        code = max(code, verify_accuracy_cli(args.data_dir or [], args.tolerance))
+    return code
+
+
+def _data_dirs(pairs) -> dict:
+    dirs = {}
+    for pair in pairs:
+        dataset, sep, path = pair.partition("=")
+        if not sep or not dataset or not path:
+            raise ValueError(f"--data-dir takes DATASET=PATH (e.g. cifar10=../data/cifar10). "
+                             f"Received: {pair!r}")
+        dirs[dataset.strip().lower()] = path
+    return dirs
+
+
+def verify_accuracy_cli(pairs, tolerance: float) -> int:
+    """``dmr-zoo verify --accuracy``: re-measure each entry whose data is here
+    (:func:`zoo.evaluate.verify_accuracy`); 1 if any is more than ``tolerance`` points off."""
+    from zoo.evaluate import verify_accuracy
+
+    rows = verify_accuracy(_data_dirs(pairs), tolerance=tolerance)
+    for r in rows:
+        measured = f"{r['measured']:.2f} %" if r["measured"] is not None else "-"
+        print(f"{r['status']:<7}  {r['key']}  stored {r['stored']:.2f} %  measured {measured}  "
+              f"{r['detail']}")
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("OK", "FAIL", "SKIPPED")}
+    print("accuracy: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 1 if counts["FAIL"] else 0
+
+
+def verify_deep(results) -> int:
+    """``dmr-zoo verify --deep``, after the hash check: build each entry whose file is present
+    and hashes OK as published, load the file and check the entry's fingerprint. One line per
+    key (``OK``, ``BAD`` or ``SKIP`` with the reason), then a summary; 1 if any is BAD."""
+    from zoo import weights
+    from zoo.fingerprint import compare
+    from zoo.registry import build_published
+
+    entries = weights.load_manifest()
+    present = {}
+    for r in results:
+        if r.status == "OK":
+            present.setdefault(r.key, r.path)
+    hash_bad = {r.key for r in results if r.status == "BAD"}
+    counts = {"OK": 0, "BAD": 0, "SKIP": 0}
+    for key in sorted(entries):
+        entry = entries[key]
+        if not entry.fingerprint:
+            status, detail = "SKIP", "no fingerprint in the manifest"
+        elif key not in present:
+            why = "its file hashes BAD" if key in hash_bad else "no local copy (dmr-zoo fetch)"
+            status, detail = "SKIP", why
+        else:
+            try:
+                res = compare(build_published(entry, present[key]), entry.fingerprint, entry)
+            except Exception as err:  # a file that does not load is as bad as a drifted one
+                status, detail = "BAD", f"could not check: {type(err).__name__}: {err}"
+            else:
+                status = "OK" if res["ok"] else "BAD"
+                detail = (f"largest difference {res['difference']:.2g} in {res['output']}, "
+                          f"tolerance {res['tolerance']:.2g}")
+                if not res["ok"]:
+                    detail += (f"; top-{res['top']} classes changed for {res['changed']} of "
+                               f"{res['count']} images")
+        counts[status] += 1
+        print(f"{status:<7}  {key}  fingerprint  {detail}")
+    print(f"{len(entries)} fingerprint(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return 1 if counts["BAD"] else 0
 
 
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _package_versions(backend: str | None) -> dict:
+    """Versions of the packages that compute the network, in this environment."""
+    from importlib import metadata
+
+    import dmr_keras
+
+    versions = {"dmr-keras": dmr_keras.__version__, "python": platform.python_version()}
+    for package in ("keras", "tensorflow", "numpy") + ((backend,) if backend in ("jax", "torch")
+                                                       else ()):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _cross_check_run(run: Path, fingerprint: dict, entry) -> None:
+    """The zoo builds the network the run trained: the run's own ``model.keras`` (its saved
+    architecture: layer graph, BatchNorm epsilons, ...) must reproduce the fingerprint taken on
+    the zoo's build. Skipped without ``model.keras`` or for a mixed-precision model."""
+    import keras
+
+    from zoo.fingerprint import compare
+
+    path = run / "model.keras"
+    if not path.is_file():
+        return
+    try:
+        trained = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # an unloadable model.keras does not block publishing
+        warnings.warn(f"Could not load {path} to cross-check the fingerprint: {err}",
+                      stacklevel=3)
+        return
+    if any(getattr(layer, "compute_dtype", "float32") != "float32" for layer in trained.layers):
+        return  # mixed precision: its float16 outputs are not comparable at float32 tolerance
+    res = compare(trained, fingerprint, entry)
+    if not res["ok"]:
+        raise ValueError(
+            f"The network the zoo builds for {entry.model} does not compute what {path} (the "
+            f"trained network) computes with the same weights: largest difference "
+            f"{res['difference']:.3g} in {res['output']} on the fingerprint's reference inputs, "
+            f"tolerance {res['tolerance']:.3g}. The builder has drifted since the run; nothing "
+            "was published.")
+
+
 def publish(run_dir, tag: str, *, manifest=None, dest=None, origin=None,
-            license: str = "MIT"):
+            license: str = "MIT", data_sha256: str | None = None):
     """Turn a finished ``dmr-train`` run into a weights manifest entry (and copy its weights).
 
     Reads ``RUN_DIR/metrics.json`` and ``RUN_DIR/model.weights.h5``; the entry records the
-    sha256, the test metrics, the data's input shape and preprocessing and the command.
+    sha256, the test metrics, the data's input shape and preprocessing and the command, plus:
+
+    - ``fingerprint``: the network built as published (the variant, the weights' class count,
+      the data's input shape, float32) with these weights, on the reference inputs
+      (:func:`zoo.fingerprint.compute_fingerprint`). When the run left a ``model.keras`` (the
+      trained network as saved by ``dmr-train``), it must give the same fingerprint, or
+      ``ValueError`` and nothing is published: the builder has drifted since the run.
+    - ``provenance``: ``versions`` (dmr-keras, keras, tensorflow, numpy, python, and jax or
+      torch when that was the backend) of the environment that publishes, normally the one
+      that trained (a ``versions`` object in ``metrics.json`` is used instead when present,
+      ``versions_from`` says which); the run's ``backend``, ``wall_time_s``, ``epochs`` and
+      ``resumed_from_epoch``; and ``data_sha256`` when given (64 hex digits, the digest of the
+      training data, e.g. ``dmr_keras.data.content_sha256``).
     """
     from dmr_keras.training import head_classes_in_weights_file
     from zoo import weights as W
-    from zoo.registry import get_variant
+    from zoo.fingerprint import compute_fingerprint
+    from zoo.registry import build_published, get_variant
 
     run = Path(run_dir)
     metrics_path, weights_path = run / "metrics.json", run / "model.weights.h5"
@@ -88,6 +225,12 @@ def publish(run_dir, tag: str, *, manifest=None, dest=None, origin=None,
     get_variant(model)
     if not tag or not tag.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"`tag` must be letters, digits, '_' or '-'. Received: {tag!r}")
+    if data_sha256 is None:  # dmr-train records the hash of data read from a directory
+        data_sha256 = (metrics.get("data") or {}).get("sha256")
+    if data_sha256 is not None:
+        data_sha256 = str(data_sha256).strip().lower()
+        if not _SHA256_RE.fullmatch(data_sha256):
+            raise ValueError(f"`data_sha256` must be 64 hex digits. Received: {data_sha256!r}")
     data = metrics.get("data") or {}
     entry = W.WeightEntry(
         key=f"{model}.{tag}", model=model, tag=tag,
@@ -101,15 +244,36 @@ def publish(run_dir, tag: str, *, manifest=None, dest=None, origin=None,
         license=license, command=metrics.get("command", ""),
         class_names=tuple(data["class_names"]) if data.get("class_names") else None,
     )
+    fingerprint = None
+    if len(entry.input_shape) == 3:
+        fingerprint = compute_fingerprint(build_published(entry, weights_path), entry)
+        _cross_check_run(run, fingerprint, entry)
+    else:
+        warnings.warn(f"{run}/metrics.json records no image shape: {entry.key} is published "
+                      "without a fingerprint", stacklevel=2)
+    provenance = {
+        "versions": metrics.get("versions") or _package_versions(metrics.get("backend")),
+        "versions_from": "run" if metrics.get("versions") else "publish",
+        "backend": metrics.get("backend"),
+        "wall_time_s": metrics.get("wall_time_s"),
+        "epochs": metrics["epochs"],
+        "resumed_from_epoch": metrics.get("resumed_from_epoch"),
+    }
+    if data_sha256 is not None:
+        provenance["data_sha256"] = data_sha256
+    entry = dataclasses.replace(entry, fingerprint=fingerprint, provenance=provenance)
     return W.add_entry(entry, manifest or W.MANIFEST_PATH, weights_file=weights_path,
                        dest_dir=dest or W.SHIPPED_DIR)
 
 
 def cmd_publish(args) -> int:
     entry = publish(args.run_dir, args.tag, manifest=args.manifest, dest=args.dest,
-                    origin=args.origin, license=args.license)
+                    origin=args.origin, license=args.license, data_sha256=args.data_sha256)
+    fp = entry.fingerprint
     print(f"published {entry.key}: {entry.file_name} sha256 {entry.sha256} "
-          f"test_accuracy {entry.metrics['test_accuracy']:.4f}")
+          f"test_accuracy {entry.metrics['test_accuracy']:.4f}"
+          + (f" fingerprint top-1 {[row[0] for row in fp['indices']]} on {fp['count']} "
+             f"reference inputs" if fp else ""))
     return 0
 
 
@@ -146,6 +310,16 @@ def build_parser():
     s.add_argument("key", help="NAME.TAG, e.g. dmrnet_8_tiny.digits")
     s.set_defaults(fn=cmd_fetch)
     s = sub.add_parser("verify", help="re-hash shipped and cached weights: OK/MISSING/BAD")
+    s.add_argument("--deep", action="store_true",
+                   help="also load each present entry and check its fingerprint (OK/BAD/SKIP)")
+    s.add_argument("--accuracy", action="store_true",
+                   help="also re-measure each entry's test accuracy where its data is here "
+                        "(FAIL beyond --tolerance points)")
+    s.add_argument("--data-dir", action="append", metavar="DATASET=PATH",
+                   help="where a dataset is, for --accuracy (repeatable), e.g. "
+                        "cifar10=../shared/data/cifar10-jpeg")
+    s.add_argument("--tolerance", type=float, default=0.3,
+                   help="--accuracy: allowed difference in percentage points")
     s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("publish", help="turn a dmr-train run into a manifest entry")
     s.add_argument("run_dir")
@@ -154,6 +328,8 @@ def build_parser():
     s.add_argument("--dest", default=None, help="where the weights file goes (default: package)")
     s.add_argument("--origin", default=None, help="download URL, once uploaded")
     s.add_argument("--license", default="MIT")
+    s.add_argument("--data-sha256", default=None,
+                   help="sha256 of the training data, recorded in the entry's provenance")
     s.set_defaults(fn=cmd_publish)
     s = sub.add_parser("export", help="SavedModel / ONNX / TFLite, checked against Keras")
     s.add_argument("name", help="NAME or NAME.TAG")

@@ -167,7 +167,7 @@ def create_model(model_name: str, weights=None, **overrides) -> keras.Model:
     if weights is None:
         return build_model(**kwargs)
 
-    path, weight_classes, _ = resolve_weights(base, weights)
+    path, weight_classes, entry = resolve_weights(base, weights)
     shape = kwargs.get("input_shape")
     if shape is not None and shape[-1] != 3:
         raise ValueError(
@@ -175,23 +175,63 @@ def create_model(model_name: str, weights=None, **overrides) -> keras.Model:
             f"{shape[-1]}. Use 3 channels or weights=None."
         )
     model = build_model(**kwargs)
-    load_pretrained(model, variant, path, weight_classes)
+    load_pretrained(model, variant, path, weight_classes, entry=entry)
+    return model
+
+
+def _published_kwargs(variant: Variant, classes: int, input_shape=None) -> dict:
+    """:func:`build_model` arguments of the network as its weights were published."""
+    kwargs = {**variant.config, "name": variant.name, "classes": classes}
+    if input_shape is not None and len(tuple(input_shape)) == 3:
+        kwargs["input_shape"] = tuple(input_shape)
+    return kwargs
+
+
+def build_published(entry, path=None) -> keras.Model:
+    """The network of a manifest entry as published: its variant, its class count and input
+    shape, the default head, float32, with the entry's weights (``path``, else
+    :func:`zoo.weights.resolve`). The fingerprint is not checked here."""
+    from zoo import weights as weights_lib
+    from zoo.fingerprint import float32_policy
+
+    variant = get_variant(entry.model)
+    path = weights_lib.resolve(entry) if path is None else path
+    with float32_policy():
+        model = build_model(**_published_kwargs(variant, entry.classes, entry.input_shape))
+    model.load_weights(path)
     return model
 
 
 def load_pretrained(model: keras.Model, variant: Variant, path, weight_classes: int,
-                    skip_head: bool | None = None) -> list:
+                    skip_head: bool | None = None, entry=None) -> list:
     """Load a weights file into ``model`` by layer name. The head is loaded when it fits
-    (``skip_head=None``), always skipped (``True``: fine-tuning) or required (``False``)."""
+    (``skip_head=None``), always skipped (``True``: fine-tuning) or required (``False``).
+
+    The weights are first loaded into a *source* network built as they were published (the
+    variant with ``weight_classes`` and, given the manifest ``entry``, its input shape; float32
+    whatever the dtype policy), then copied into ``model`` layer by layer. When ``entry`` has a
+    fingerprint it is checked on that source network
+    (:func:`zoo.fingerprint.check_fingerprint`, one forward pass of 4 small images) before
+    anything is copied, so a drifted architecture raises ``ValueError`` instead of silently
+    computing something else. It is checked on the source rather than on ``model`` because the
+    source is always the full published network, whatever head, input size, input tensor or
+    classifier activation ``model`` was built with (fine-tuning included): the layers copied
+    into ``model`` are the same code and the same tensors. A weights file given by path
+    (no manifest entry) is not checked.
+    """
     from dmr_keras.training import transfer_weights
+    from zoo.fingerprint import check_fingerprint, float32_policy
 
     path = Path(path)
     if path.suffix == ".keras":
         source = keras.saving.load_model(path)
     else:
-        source_kwargs = {**variant.config, "name": variant.name, "classes": weight_classes}
-        source = build_model(**source_kwargs)
+        shape = entry.input_shape if entry is not None else None
+        with float32_policy():
+            source = build_model(**_published_kwargs(variant, weight_classes, shape))
         source.load_weights(path)
+        if entry is not None and entry.fingerprint:
+            check_fingerprint(source, entry)
     if skip_head is None:
         skip_head = not ("predictions" in [layer.name for layer in model.layers]
                          and model.get_layer("predictions").units == weight_classes)
@@ -205,7 +245,8 @@ def model_info(name: str) -> dict:
     depth, width, num_branches (K), mapping, form, block_type, blocks, input_shape, classes,
     paper (the paper's name, rounded parameter count and test errors in %, where it reports
     them), and weights: for each tag, its dataset, measured metrics, input shape,
-    preprocessing and the command that produced it.
+    preprocessing, the command that produced it and, where recorded, its provenance (package
+    versions, wall time, the data's sha256).
     """
     model_name, _ = split_name(name)
     v = get_variant(model_name)
@@ -239,6 +280,7 @@ def model_info(name: str) -> dict:
                 "command": e.command,
                 "sha256": e.sha256,
                 "license": e.license,
+                **({"provenance": dict(e.provenance)} if e.provenance else {}),
             }
             for e in _manifest().values()
             if e.model == v.name

@@ -348,8 +348,8 @@ def _init_source(init_weights: str, model: str):
             f"`init_weights` must be a .weights.h5 / .keras file or a registered weights key "
             f"(dmr-zoo list; e.g. dmrnet_8_tiny.digits). Received: {init_weights!r}"
         )
-    path, classes, _ = resolve_weights(source_model, weights)
-    return get_variant(source_model), path, classes
+    path, classes, entry = resolve_weights(source_model, weights)
+    return get_variant(source_model), path, classes, entry
 
 
 def _build(run, info, steps):
@@ -364,8 +364,8 @@ def _build(run, info, steps):
                        bias_regularizer=reg if run["weight_decay_scope"] == "all" else None,
                        zero_init_last_bn=run["zero_init_last_bn"])
     if run["init_weights"]:
-        variant, path, classes = _init_source(run["init_weights"], run["model"])
-        copied = load_pretrained(net, variant, path, classes, skip_head=True)
+        variant, path, classes, entry = _init_source(run["init_weights"], run["model"])
+        copied = load_pretrained(net, variant, path, classes, skip_head=True, entry=entry)
         print(f"Initialised {len(copied)} layers from {run['init_weights']}; new head for "
               f"{info.num_classes} classes.")
         if run["freeze_backbone"]:

@@ -30,6 +30,11 @@ one with the same sha256 (new metadata for the same file) is silent.
 
 :func:`verify_cache` (``dmr-zoo verify``) re-hashes, for every key, the shipped file and the
 cached file against that key's own sha256 and reports each key as OK, MISSING or BAD.
+
+An entry may also hold a ``fingerprint`` (the published network's outputs on fixed reference
+inputs, :mod:`zoo.fingerprint`), checked whenever the weights are loaded by tag and by
+``dmr-zoo verify --deep``, and a ``provenance`` (package versions, wall time, epochs, the data's
+sha256). Both are optional: manifests without them load as before.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ DOWNLOAD_TIMEOUT_S = 60
 _CHUNK = 1 << 20
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _ORIGIN_SCHEMES = ("https", "http", "file")
+_FINGERPRINT_KEYS = frozenset({"seed", "count", "output", "indices", "values", "tolerance"})
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,12 @@ class WeightEntry:
     license: str
     command: str
     class_names: tuple | None = None
+    #: The published network's outputs on fixed reference inputs (:mod:`zoo.fingerprint`),
+    #: checked when the weights are loaded; ``None`` in entries published before fingerprints.
+    fingerprint: dict | None = None
+    #: How the weights were made beyond ``command``: package versions, backend, wall time,
+    #: epochs, the data's sha256 (:func:`zoo.cli.publish`); ``None`` when not recorded.
+    provenance: dict | None = None
 
     def __post_init__(self):
         if self.key != f"{self.model}.{self.tag}":
@@ -108,13 +120,24 @@ class WeightEntry:
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(self.class_names))
+        fp = self.fingerprint
+        if fp is not None and not (isinstance(fp, dict) and _FINGERPRINT_KEYS <= set(fp)):
+            raise ValueError(f"{self.key}: fingerprint must be null or an object with "
+                             f"{', '.join(sorted(_FINGERPRINT_KEYS))}")
+        if self.provenance is not None and not isinstance(self.provenance, dict):
+            raise ValueError(f"{self.key}: provenance must be null or an object")
 
     def to_json(self) -> dict:
-        """The manifest record (the key is the record's name in the manifest, not a field)."""
+        """The manifest record (the key is the record's name in the manifest, not a field).
+        ``fingerprint`` and ``provenance`` are left out when ``None``, so entries without
+        them read the same as before those fields existed."""
         d = dataclasses.asdict(self)
         del d["key"]
         d["input_shape"] = list(self.input_shape)
         d["class_names"] = None if self.class_names is None else list(self.class_names)
+        for optional in ("fingerprint", "provenance"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @classmethod

@@ -11,6 +11,13 @@ Datasets (``spec``):
 
 * ``cifar10``, ``cifar100`` (TFDS, train / test). The paper's recipe: per-channel mean/std
   normalisation, 4-pixel pad with the mean pixel, random 32x32 crop, random horizontal flip.
+  Offline, ``data_dir`` may instead hold (checked in this order): ``train/<class>/`` +
+  ``test/<class>/`` image folders (CIFAR-10's class folders must carry its 10 names, which sort
+  into its label order); the official python files (``cifar-10-batches-py/`` or
+  ``cifar-100-python/``, in ``data_dir`` or as ``data_dir`` itself) or their ``.tar.gz``, read by
+  an allow-list unpickler that resolves only what a pickled NumPy array needs and refuses any
+  other global; otherwise ``data_dir`` is the TFDS data dir. ``info.source`` says which
+  (``folder``, ``cifar-python``, ``tfds``).
 * ``svhn`` (TFDS ``svhn_cropped``): train = ``train`` + ``extra`` (604,388 images, as in the
   paper), eval = ``test``. No augmentation (as in the paper), mean/std normalisation only.
 * ``imagenet2012`` (TFDS, train / validation). TFDS cannot download ImageNet: put
@@ -39,6 +46,14 @@ Datasets (``spec``):
   training: unreadable or corrupt images raise a ``ValueError`` listing all their paths.
 
 ``validation_split`` is used by ``folder:`` only (the other datasets have a fixed test split).
+A ``folder:PATH`` whose top level is ``train/`` plus ``test/`` and/or ``val/`` (``validation/``)
+uses those as its splits instead (the eval set: ``val`` when present, else ``test``; choose with
+``eval_split``); ``info.eval_split`` says which split the eval set is.
+
+Image files (folders, CIFAR folders) are decoded once per process into uint8 arrays
+(:func:`decode_images`, keyed by the files' paths, sizes and modification times): an epoch, the
+precise-BN pass or a second ``load`` never decodes again. Folders too big for memory
+(``_CACHE_BYTES``) are decoded every epoch instead.
 
 Normalisation constants (per channel, pixel values in [0, 1]), from the datasets' train splits:
 CIFAR-10 mean (0.4914, 0.4822, 0.4465) std (0.2470, 0.2435, 0.2616); CIFAR-100 mean

@@ -2,8 +2,8 @@
 `verify_accuracy`, checked against independent computations."""
 
 import csv
-import re
 import json
+import re
 import shutil
 
 import numpy as np
@@ -149,8 +149,7 @@ def test_verify_accuracy_ok_fail_and_skipped(tmp_path, monkeypatch):
 
 
 def test_cli_verify_accuracy(tmp_path, monkeypatch, capsys):
-    from zoo import cli
-    from zoo import weights
+    from zoo import cli, weights
 
     monkeypatch.setenv("DMR_KERAS_HOME", str(tmp_path / "cache"))
     assert cli.main(["verify", "--accuracy"]) == 0

@@ -107,6 +107,60 @@ def _params(model) -> int:
     return int(sum(math.prod(w.shape) for w in model.trainable_weights))
 
 
+def _forward(net):
+    """The compiled ``predict_on_batch``; a plain call inside a tf.distribute scope, where
+    ``predict_on_batch`` splits the batch over the replicas and does not put it back together
+    (a 64-image batch gave 128 outputs over 2 CPU devices on TF 2.21)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.distribute.has_strategy():
+            return lambda x: net(x, training=False)
+    return net.predict_on_batch
+
+
+def measure(net, eval_ds, *, limit=None, scale=None, shift=None) -> dict:
+    """``{"top1", "top5" (percent), "loss" (mean cross-entropy, no regularisation or label
+    smoothing), "images", "images_per_s"}`` of ``net`` over the ``(x, y)`` batches of
+    ``eval_ds`` (the first ``limit`` images); ``x * scale + shift`` when given. Outputs that are
+    not probabilities are taken as logits."""
+    import numpy as np
+
+    classes = int(net.output_shape[-1])
+    forward = _forward(net)
+    k = min(5, classes)
+    seen = correct1 = correct5 = 0
+    loss_sum = 0.0
+    timed_images, timed = 0, 0.0
+    for i, (x, y) in enumerate(eval_ds):
+        if limit is not None and seen >= limit:
+            break
+        x, y = x.numpy(), y.numpy()
+        if limit is not None:
+            x, y = x[:limit - seen], y[:limit - seen]
+        if scale is not None:
+            x = x * scale + shift
+        start = time.perf_counter()
+        probs = np.asarray(forward(x), dtype="float64")
+        elapsed = time.perf_counter() - start
+        if i > 0:
+            timed_images += len(y)
+            timed += elapsed
+        if probs.min() < 0 or not np.allclose(probs.sum(-1), 1.0, atol=1e-3):  # logits
+            probs = np.exp(probs - probs.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+        top = np.argsort(-probs, axis=-1)[:, :k]
+        correct1 += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(-1).sum())
+        loss_sum += float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).sum())
+        seen += len(y)
+    return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1),
+            "loss": loss_sum / max(seen, 1), "images": seen,
+            "images_per_s": round(timed_images / timed, 1) if timed > 0 else None}
+
+
 def evaluate(model, dataset: str | None = None, *, data_dir: str | None = None,
              batch_size: int = 256, split: str | None = None, limit: int | None = None,
              arch: str | None = None) -> dict:
@@ -165,39 +219,13 @@ def evaluate(model, dataset: str | None = None, *, data_dir: str | None = None,
         if not (np.allclose(d_mean, m_mean, atol=1e-6) and np.allclose(d_std, m_std, atol=1e-6)):
             # x_model = (x_data * std_d + mean_d - mean_m) / std_m
             scale, shift = d_std / m_std, (d_mean - m_mean) / m_std
-    k = min(5, classes)
-    seen = correct1 = correct5 = 0
-    loss_sum = 0.0
-    timed_images, timed = 0, 0.0
-    for i, (x, y) in enumerate(eval_ds):
-        if limit is not None and seen >= limit:
-            break
-        x, y = x.numpy(), y.numpy()
-        if limit is not None:
-            x, y = x[:limit - seen], y[:limit - seen]
-        if scale is not None:
-            x = x * scale + shift
-        start = time.perf_counter()
-        probs = np.asarray(net.predict_on_batch(x), dtype="float64")
-        elapsed = time.perf_counter() - start
-        if i > 0:
-            timed_images += len(y)
-            timed += elapsed
-        if probs.min() < 0 or not np.allclose(probs.sum(-1), 1.0, atol=1e-3):  # logits
-            probs = np.exp(probs - probs.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-        top = np.argsort(-probs, axis=-1)[:, :k]
-        correct1 += int((top[:, 0] == y).sum())
-        correct5 += int((top == y[:, None]).any(-1).sum())
-        loss_sum += float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).sum())
-        seen += len(y)
-    if seen == 0:
+    m = measure(net, eval_ds, limit=limit, scale=scale, shift=shift)
+    if m["images"] == 0:
         raise ValueError(f"The {split} split of {spec} is empty.")
     return {
         "model": label, "dataset": spec, "split": info.eval_split,
-        "top1": round(100.0 * correct1 / seen, 4), "top5": round(100.0 * correct5 / seen, 4),
-        "loss": round(loss_sum / seen, 6), "images": seen,
-        "images_per_s": round(timed_images / timed, 1) if timed > 0 else None,
+        "top1": round(m["top1"], 4), "top5": round(m["top5"], 4), "loss": round(m["loss"], 6),
+        "images": m["images"], "images_per_s": m["images_per_s"],
         "params": _params(net), "image_size": int(size) if size else None,
         "batch_size": batch_size,
     }

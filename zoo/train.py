@@ -325,13 +325,18 @@ def _fit(net, plan, train_ds, eval_ds, epochs, initial_epoch, steps, checkpoint,
 
 
 def _evaluate(net, plan, eval_ds):
+    """``(loss, accuracy)`` on the eval set: the plain cross-entropy (no weight-decay term, no
+    label smoothing, unlike the compiled loss) and top-1 as a fraction."""
     if plan.name == "multiworker":  # Keras's evaluate fails under MWMS like fit does
         from dmr_keras.multiworker import evaluate_distributed
 
         result = evaluate_distributed(net, loss=net.loss, dataset=eval_ds,
                                       strategy=plan.strategy)
         return result["loss"], result["accuracy"]
-    return net.evaluate(eval_ds, verbose=0)
+    from zoo.evaluate import measure
+
+    result = measure(net, eval_ds)
+    return result["loss"], result["top1"] / 100.0
 
 
 def _init_source(init_weights: str, model: str):

@@ -27,6 +27,7 @@ setup(
         "scikit-learn",
         "matplotlib",
         "h5py",
+        "pillow",  # dmr_keras.numpy_data decodes images without TensorFlow
     ],
     extras_require={
         "jax": ["jax"],

@@ -37,7 +37,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -215,18 +214,6 @@ def _prepare(run: dict, output: Path, ckpt_dir: Path, overwrite: bool):
         if metrics.get("completed") and metrics.get("run") == run:
             return metrics
     return None
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    found = {"python": platform.python_version()}
-    for dist in ("dmr-keras", "keras", "jax", "jaxlib", "numpy", "pillow", "h5py"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = None
-    return found
 
 
 def _device() -> dict:
@@ -418,7 +405,9 @@ def train(args, argv) -> dict:
         history=checkpoint.history, run=run,
         hparams={k: v for k, v in run.items() if k != "data_dir"},
         command="python bench/gpu_train.py " + shlex.join(argv),
-        data=data_record, versions=_versions(), backend=keras.backend.backend(),
+        data=data_record, versions=training.package_versions(
+            ("dmr-keras", "keras", "jax", "jaxlib", "numpy", "pillow", "h5py")),
+        backend=keras.backend.backend(),
         device=device, mixed_precision=args.mixed_precision, jit=bool(args.jit),
         steps_per_execution=args.steps_per_execution,
         tensorflow_imported=sys.modules.get("tensorflow") is not None,

@@ -410,6 +410,21 @@ def plot_history(history: dict, path, title: str = "") -> None:
     plt.close(fig)
 
 
+def package_versions(distributions) -> dict:
+    """``{"python": version, dist: version or None, ...}`` for the installed ``distributions``:
+    what a run or a published weights file records of the environment that made it."""
+    import platform
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for dist in distributions:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
 def command_line() -> str:
     import shlex
     import sys

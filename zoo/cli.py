@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import re
 import sys
 import warnings
@@ -147,18 +146,12 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 def _package_versions(backend: str | None) -> dict:
     """Versions of the packages that compute the network, in this environment."""
-    from importlib import metadata
-
     import dmr_keras
+    from dmr_keras.training import package_versions
 
-    versions = {"dmr-keras": dmr_keras.__version__, "python": platform.python_version()}
-    for package in ("keras", "tensorflow", "numpy") + ((backend,) if backend in ("jax", "torch")
-                                                       else ()):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
+    extra = (backend,) if backend in ("jax", "torch") else ()
+    return {**package_versions(("keras", "tensorflow", "numpy") + extra),
+            "dmr-keras": dmr_keras.__version__}
 
 
 def _cross_check_run(run: Path, fingerprint: dict, entry) -> None:

@@ -283,7 +283,8 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
         if wall > 0 and trained else None,
         trainable_params=int(sum(math.prod(w.shape) for w in net.trainable_weights)),
         history=checkpoint.history, hparams=hparams, command=training.command_line(),
-        data=data_record, versions=_versions(),
+        data=data_record,
+        versions=training.package_versions(("dmr-keras", "keras", "tensorflow", "numpy")),
         backend=keras.backend.backend(),
     )
     # Every worker saves (a collective operation under a multi-worker strategy); only the
@@ -381,20 +382,6 @@ def _build(run, info, steps):
     net.compile(optimizer=training.make_optimizer(sched),
                 loss=training.make_loss(run["label_smoothing"]), metrics=["accuracy"])
     return net
-
-
-def _versions() -> dict:
-    """The versions a run used (recorded in metrics.json and with published weights)."""
-    import platform
-    from importlib import metadata
-
-    found = {"python": platform.python_version()}
-    for dist in ("dmr-keras", "keras", "tensorflow", "numpy"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = None
-    return found
 
 
 def _has_gpu() -> bool:

@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dmr_keras", "dmr_keras.*", "zoo", "zoo.*", "tuning",
                                     "tuning.*"]),
+    py_modules=["dmr_cli"],
     include_package_data=True,
     package_data={"zoo": ["weights.json", "weights/*.weights.h5"]},
     install_requires=[
@@ -37,11 +38,11 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "dmr-demo=zoo.demo:main",
-            "dmr-train=zoo.train:main",
-            "dmr-eval=zoo.evaluate:main",
-            "dmr-zoo=zoo.cli:main",
-            "dmr-tune=tuning.search:main",
+            "dmr-demo=dmr_cli:demo",
+            "dmr-train=dmr_cli:train",
+            "dmr-eval=dmr_cli:evaluate",
+            "dmr-zoo=dmr_cli:zoo_cli",
+            "dmr-tune=dmr_cli:tune",
         ],
     },
     classifiers=[

@@ -1,29 +1,50 @@
 """dmr-keras: Deep Merge-and-Run Neural Networks (Zhao et al., arXiv 1611.07718) for Keras 3.
 
 Layers and models use ``keras.ops`` only and import without TensorFlow; the data and training
-modules (tf.data) are imported on demand.
+modules (tf.data) are imported on demand. ``import dmr_keras`` imports the layers (registering
+them for ``keras.saving.load_model``); the console scripts defer that until their arguments are
+parsed (``dmr_cli.py``, :mod:`dmr_keras.startup`), so ``--help`` answers without Keras.
 """
 
-from dmr_keras.layers import (
-    MergeAndRun,
-    MergeAndRunBlock,
-    ProjectionShortcut,
-    ResidualBranch,
-    merge_and_run_matrix,
-)
-from dmr_keras.models import DILNet, DMRNet, ResNet, build_model, stage_outputs
+from __future__ import annotations
+
+import importlib
+import os
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DILNet",
-    "DMRNet",
-    "MergeAndRun",
-    "MergeAndRunBlock",
-    "ProjectionShortcut",
-    "ResNet",
-    "ResidualBranch",
-    "build_model",
-    "merge_and_run_matrix",
-    "stage_outputs",
-]
+_EXPORTS = {
+    "MergeAndRun": "dmr_keras.layers",
+    "MergeAndRunBlock": "dmr_keras.layers",
+    "ProjectionShortcut": "dmr_keras.layers",
+    "ResidualBranch": "dmr_keras.layers",
+    "merge_and_run_matrix": "dmr_keras.layers",
+    "DILNet": "dmr_keras.models",
+    "DMRNet": "dmr_keras.models",
+    "ResNet": "dmr_keras.models",
+    "build_model": "dmr_keras.models",
+    "stage_outputs": "dmr_keras.models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if os.environ.get("DMR_KERAS_DEFER_IMPORTS") != "1":
+    for _name, _module in _EXPORTS.items():
+        globals()[_name] = getattr(importlib.import_module(_module), _name)
+    del _name, _module
+    # The learning-rate schedule and loss that training checkpoints are compiled with, so that
+    # `keras.saving.load_model` reads a checkpoint after a plain `import dmr_keras`.
+    importlib.import_module("dmr_keras.training")
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dmr_keras' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -43,7 +43,9 @@ Datasets (``spec``):
   channel are computed from the train images (in the same pass that checks every file).
   Augmentation: pad by ``image_size // 8`` + random crop, no flip (the folder's content is
   unknown: text and digits are not mirror-invariant). Every file is decoded once before
-  training: unreadable or corrupt images raise a ``ValueError`` listing all their paths.
+  training: unreadable or corrupt images raise a ``ValueError`` listing all their paths
+  (``load(..., skip_corrupt=True)``, ``dmr-train --skip-corrupt``: they are left out with one
+  warning naming them, and ``info.skipped`` lists them).
 
 ``validation_split`` is used by ``folder:`` only (the other datasets have a fixed test split).
 A ``folder:PATH`` whose top level is ``train/`` plus ``test/`` and/or ``val/`` (``validation/``)
@@ -78,6 +80,7 @@ import difflib
 import hashlib
 import os
 import pickle
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -107,6 +110,8 @@ IMAGENET_IMAGE_SIZE = 224
 _CACHE_BYTES = 1 << 30
 # Seed offset of the augmentation stream, so it differs from the shuffle's.
 _AUGMENT_SEED_OFFSET = 1_000_003
+# The skip_corrupt warning names at most this many files (DataInfo.skipped holds them all).
+_SKIPPED_SHOWN = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +128,9 @@ class DataInfo:
     std: tuple
     eval_split: str = "test"  # what the eval set is: "test" or "val" (held out from training)
     source: str = ""  # where the images came from: "tfds", "folder", "cifar-python", ...
+    #: Image files left out as unreadable or corrupt by ``load(..., skip_corrupt=True)`` (their
+    #: paths, sorted); empty when none was (or without ``skip_corrupt``, which raises instead).
+    skipped: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +248,7 @@ def _check_args(batch_size, validation_split, image_size):
 def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = None,
          validation_split: float = 0.1, augment: bool = True, image_size: int | None = None,
          epochs: int | None = None, initial_epoch: int = 0, eval_split: str | None = None,
+         skip_corrupt: bool = False,
          ) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
     """``(train, eval, info)`` for ``spec`` (see the module docstring).
 
@@ -264,6 +273,14 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
         eval_split: which split the eval dataset is: ``"test"`` or ``"val"``. None: ``val``
             for a folder with a ``val/`` split or no split layout (the held-out fraction),
             ``test`` otherwise. ``info.eval_split`` says which it is.
+        skip_corrupt: image folders (``folder:``, CIFAR ``train/`` + ``test/`` folders) only.
+            False (default): an unreadable or corrupt image file (truncated JPEG, a text file
+            named ``.png``, zero bytes) raises a ``ValueError`` listing every such file. True:
+            those files are left out (labels stay aligned), one ``UserWarning`` says how many
+            and names them (the first 20), and ``info.skipped`` lists them all. In a folder
+            without splits they are left out before the held-out split is drawn, so the split
+            is the one of the folder without them. A class (of any split) left with no image
+            still raises.
 
     Returns:
         train and eval datasets of ``(float32 (B, H, W, 3), int64 (B,))`` and a ``DataInfo``.
@@ -276,8 +293,9 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
     run = dict(batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
                initial_epoch=initial_epoch)
     if spec.startswith(FOLDER_PREFIX):
-        return _load_folder(spec[len(FOLDER_PREFIX):], validation_split,
-                            image_size or DEFAULT_FOLDER_IMAGE_SIZE, eval_split=eval_split, **run)
+        return _warn_skipped(_load_folder(
+            spec[len(FOLDER_PREFIX):], validation_split, image_size or DEFAULT_FOLDER_IMAGE_SIZE,
+            eval_split=eval_split, skip_corrupt=bool(skip_corrupt), **run))
     if eval_split not in (None, "test"):
         raise ValueError(f"{spec} has no validation split: `eval_split` must be 'test' (or None). "
                          f"Received: {eval_split!r}. To hold images out, train on a folder:PATH "
@@ -288,9 +306,10 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
     if spec == "digits":
         return _load_digits(**run)
     if spec in _CIFAR_CLASSES and data_dir is not None:
-        arrays = _cifar_from_dir(spec, data_dir)
+        skipped = []
+        arrays = _cifar_from_dir(spec, data_dir, skip_corrupt=bool(skip_corrupt), skipped=skipped)
         if arrays is not None:
-            return _load_cifar_arrays(spec, arrays, **run)
+            return _warn_skipped(_load_cifar_arrays(spec, arrays, skipped=tuple(skipped), **run))
     return _load_tfds(spec, data_dir, image_size, **run)
 
 
@@ -598,10 +617,11 @@ def _cifar_batches(name, reader, where):
     return x_train, y_train, x_test, y_test, names
 
 
-def _cifar_from_dir(name, data_dir):
+def _cifar_from_dir(name, data_dir, skip_corrupt=False, skipped=None):
     """CIFAR arrays from ``data_dir`` when it holds one of the offline layouts, else None (then
     TFDS is asked, with ``data_dir`` as its data_dir). Returns ``(x_train, y_train, x_test,
-    y_test, class_names, source)`` with uint8 images."""
+    y_test, class_names, source)`` with uint8 images. Image folders: unreadable files raise, or
+    with ``skip_corrupt`` are left out and their paths appended to the list ``skipped``."""
     root = os.path.abspath(os.path.expanduser(data_dir))
     if not os.path.isdir(root):
         raise ValueError(f"`data_dir` not found: {root}. Pass a folder holding train/<class>/ + "
@@ -620,8 +640,14 @@ def _cifar_from_dir(name, data_dir):
             raise ValueError(f"{root}: {len(classes)} class folders; {name} has "
                              f"{_CIFAR_CLASSES[name]}. For another image set use "
                              f"folder:{root}.")
-        x_train, y_train = _decode_items(root, train_items, 32)
-        x_test, y_test = _decode_items(root, test_items, 32)
+        x_train, y_train, bad_train = _decode_items(train_items, 32)
+        x_test, y_test, bad_test = _decode_items(test_items, 32)
+        left_out = _left_out(root, bad_train + bad_test, skip_corrupt)
+        if left_out:
+            _require_each_class(splits["train"], classes, y_train, left_out)
+            _require_each_class(splits["test"], classes, y_test, left_out)
+            if skipped is not None:
+                skipped.extend(left_out)
         return x_train, y_train, x_test, y_test, classes, "folder"
     folder = _CIFAR_PYTHON[name][0]
     for candidate in (os.path.join(root, folder), root):
@@ -651,7 +677,8 @@ def _cifar_from_dir(name, data_dir):
     return None
 
 
-def _load_cifar_arrays(name, arrays, batch_size, seed, augment, epochs, initial_epoch):
+def _load_cifar_arrays(name, arrays, batch_size, seed, augment, epochs, initial_epoch,
+                       skipped=()):
     x_train, y_train, x_test, y_test, classes, source = arrays
     spec = _TFDS[name]
     train, test = _array_datasets(
@@ -659,7 +686,8 @@ def _load_cifar_arrays(name, arrays, batch_size, seed, augment, epochs, initial_
         batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
         initial_epoch=initial_epoch)
     info = DataInfo(name, _CIFAR_CLASSES[name], (32, 32, 3), len(y_train), len(y_test),
-                    tuple(classes), tuple(spec.mean), tuple(spec.std), "test", source)
+                    tuple(classes), tuple(spec.mean), tuple(spec.std), "test", source,
+                    tuple(skipped))
     return train, test, info
 
 
@@ -845,11 +873,44 @@ def _channel_stats(images: np.ndarray) -> tuple[tuple, tuple]:
     return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
 
 
-def _raise_bad(root, bad):
-    if bad:
+def _left_out(root, bad, skip_corrupt) -> tuple:
+    """The unreadable files ``bad`` (sorted) when ``skip_corrupt``; else a ``ValueError`` that
+    lists them all (nothing when there are none)."""
+    bad = tuple(sorted(set(bad)))
+    if bad and not skip_corrupt:
         listing = "\n  ".join(bad)
         raise ValueError(f"{len(bad)} unreadable or corrupt image file(s) in {root} (fix or "
-                         f"remove them):\n  {listing}")
+                         "remove them, or leave them out with dmr-train --skip-corrupt / "
+                         f"data.load(..., skip_corrupt=True)):\n  {listing}")
+    return bad
+
+
+def _require_each_class(where, class_names, labels, skipped):
+    """After leaving out ``skipped``: a ``ValueError`` when no image, or no image of a class, is
+    left in the split folder ``where`` (``labels``: what is left)."""
+    if len(labels) == 0:
+        raise ValueError(f"Every image file in {where} is unreadable or corrupt "
+                         f"({len(skipped)} left out by skip_corrupt, e.g. {skipped[0]}): no image "
+                         "is left to load. Check the files (are they really images?).")
+    counts = np.bincount(np.asarray(labels, dtype="int64"), minlength=len(class_names))
+    empty = [os.path.join(where, n) for n, c in zip(class_names, counts) if c == 0]
+    if empty:
+        raise ValueError(f"Every image file of {len(empty)} class folder(s) is unreadable or "
+                         f"corrupt, so skip_corrupt leaves no image of them: {', '.join(empty)}. "
+                         "Fix or replace their files, or remove the class folder(s).")
+
+
+def _warn_skipped(result):
+    """``load``'s result, after one ``UserWarning`` naming the files ``skip_corrupt`` left out."""
+    info = result[2]
+    skipped = info.skipped
+    if skipped:
+        shown = "\n  ".join(skipped[:_SKIPPED_SHOWN])
+        more = (f"\n  ... and {len(skipped) - _SKIPPED_SHOWN} more (DataInfo.skipped lists "
+                "them all)" if len(skipped) > _SKIPPED_SHOWN else "")
+        warnings.warn(f"skip_corrupt: left out {len(skipped)} unreadable or corrupt image "
+                      f"file(s) of {info.name}:\n  {shown}{more}", UserWarning, stacklevel=3)
+    return result
 
 
 def _array_datasets(x_train, y_train, x_eval, y_eval, *, mean, std, pad, flip, batch_size, seed,
@@ -936,10 +997,41 @@ def _split_items(splits, names, eval_name):
     return tuple(classes), items(train_files), items(eval_files)
 
 
-def _decode_items(root, items, size):
+def _decode_items(items, size, decoded=None):
+    """``(uint8 images, int64 labels, bad paths)`` of ``(path, label)`` items, without the rows
+    of the bad (unreadable) files. ``decoded``: ``({path: row}, images)`` already decoded (and
+    all readable), to take the rows from instead of decoding."""
+    labels = np.array([y for _, y in items], dtype="int64")
+    if decoded is not None:
+        rows, images = decoded
+        return images[[rows[p] for p, _ in items]], labels, []
     images, bad = decode_images([p for p, _ in items], size)
-    _raise_bad(root, bad)
-    return images, np.array([y for _, y in items], dtype="int64")
+    if bad:
+        drop = set(bad)
+        keep = np.array([p not in drop for p, _ in items], dtype=bool)
+        images, labels = images[keep], labels[keep]  # a copy: the cached arrays stay whole
+    return images, labels, bad
+
+
+def _drop_unreadable(root, class_names, files, size, in_memory):
+    """``(files without the unreadable ones, their paths, decoded)`` for a folder without
+    splits: every file decoded once (in memory: ``decoded`` is ``({path: row}, images)`` for
+    :func:`_decode_items`; else a checking pass, and ``decoded`` is None)."""
+    paths = [p for class_files in files for p in class_files]
+    if in_memory:
+        images, bad = decode_images(paths, size)
+        decoded = ({p: i for i, p in enumerate(paths)}, images)
+    else:
+        bad = _scan_images(paths, [False] * len(paths), size)[0]
+        decoded = None
+    skipped = _left_out(root, bad, True)
+    if skipped:
+        drop = set(skipped)
+        files = [[p for p in class_files if p not in drop] for class_files in files]
+        _require_each_class(root, class_names,
+                            [c for c, class_files in enumerate(files) for _ in class_files],
+                            skipped)
+    return files, skipped, decoded
 
 
 def _decode_resize(path, size):
@@ -985,11 +1077,13 @@ def _scan_images(paths, is_train, size):
 
 
 def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs, initial_epoch,
-                 eval_split=None):
+                 eval_split=None, skip_corrupt=False):
     splits = split_folders(root)
+    skipped, decoded = (), None
     if splits is not None:
         eval_name = eval_split_of(splits, eval_split)
         class_names, train_items, eval_items = _split_items(splits, None, eval_name)
+        in_memory = _fits_in_memory(len(train_items) + len(eval_items), size)
     else:
         if eval_split not in (None, "val"):
             raise ValueError(f"`eval_split={eval_split!r}`: the folder {root} has no train/ + "
@@ -997,17 +1091,25 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
                              "of each class ('val').")
         eval_name = "val"
         class_names, files = _scan_folder(root)
+        in_memory = _fits_in_memory(sum(len(f) for f in files), size)
+        if skip_corrupt:
+            # Left out before the split: the split is the folder's without those files.
+            files, skipped, decoded = _drop_unreadable(root, class_names, files, size, in_memory)
         train_items, eval_items = folder_split(files, validation_split)
         if not eval_items:
             raise ValueError(f"Dataset folder {root}: `validation_split={validation_split}` "
                              f"holds out no image ({len(train_items)} images). Raise it or add "
                              "images.")
-    n = len(train_items) + len(eval_items)
     pad = max(size // 8, 1)
-    if n * size * size * 3 <= _CACHE_BYTES:
+    if in_memory:
         # Decoded once into uint8 (and kept for the process): no epoch decodes again.
-        x_train, y_train = _decode_items(root, train_items, size)
-        x_eval, y_eval = _decode_items(root, eval_items, size)
+        x_train, y_train, bad_train = _decode_items(train_items, size, decoded)
+        x_eval, y_eval, bad_eval = _decode_items(eval_items, size, decoded)
+        left_out = _left_out(root, bad_train + bad_eval, skip_corrupt)
+        if left_out:  # a split layout (a folder without splits left them out before)
+            _check_splits_left(root, splits, eval_name, class_names, y_train, y_eval, left_out)
+            skipped = tuple(sorted(set(skipped) | set(left_out)))
+        n_train, n_eval = len(y_train), len(y_eval)
         mean, std = _channel_stats(x_train)
         train, test = _array_datasets(
             x_train, y_train, x_eval, y_eval, mean=mean, std=std, pad=pad, flip=False,
@@ -1019,7 +1121,15 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
         paths = [p for p, _ in train_items] + [p for p, _ in eval_items]
         is_train = [True] * len(train_items) + [False] * len(eval_items)
         bad, mean, std = _scan_images(paths, is_train, size)
-        _raise_bad(root, bad)
+        left_out = _left_out(root, bad, skip_corrupt)
+        if left_out:  # the statistics are those of the readable train files already
+            drop = set(left_out)
+            train_items = [(p, y) for p, y in train_items if p not in drop]
+            eval_items = [(p, y) for p, y in eval_items if p not in drop]
+            _check_splits_left(root, splits, eval_name, class_names,
+                               [y for _, y in train_items], [y for _, y in eval_items], left_out)
+            skipped = tuple(sorted(set(skipped) | drop))
+        n_train, n_eval = len(train_items), len(eval_items)
         normalise = _normalise(mean, std)
 
         def decode(path):
@@ -1035,6 +1145,20 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
                               transform, epochs, initial_epoch)
         test = _finish_eval(items_dataset(eval_items), batch_size,
                             lambda p: normalise(decode(p)))
-    info = DataInfo(FOLDER_PREFIX + root, len(class_names), (size, size, 3), len(train_items),
-                    len(eval_items), class_names, mean, std, eval_name, "folder")
+    info = DataInfo(FOLDER_PREFIX + root, len(class_names), (size, size, 3), n_train, n_eval,
+                    class_names, mean, std, eval_name, "folder", skipped)
     return train, test, info
+
+
+def _check_splits_left(root, splits, eval_name, class_names, y_train, y_eval, left_out):
+    """Every class keeps a train image, and (a split layout) an eval image."""
+    if splits is None:  # a held-out split may hold no image of a small class
+        _require_each_class(root, class_names, y_train, left_out)
+    else:
+        _require_each_class(splits["train"], class_names, y_train, left_out)
+        _require_each_class(splits[eval_name], class_names, y_eval, left_out)
+
+
+def _fits_in_memory(n, size):
+    """Whether ``n`` decoded images of ``size`` x ``size`` are kept in memory (else streamed)."""
+    return n * size * size * 3 <= _CACHE_BYTES

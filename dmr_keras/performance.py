@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 
-import keras
-
 CPU_THREADS = ("auto", "default", "intra", "inter")
 
 
@@ -54,6 +52,8 @@ def configure_cpu_threads(setting: str, strict: bool = True) -> bool:
         ValueError: an unknown setting, or (``strict``) a runtime that has already started.
     """
     intra, inter = thread_counts(setting)
+    import keras
+
     if keras.backend.backend() != "tensorflow" or setting == "default":
         return True
     import tensorflow as tf

@@ -334,9 +334,12 @@ def transfer_weights(source: keras.Model, target: keras.Model, skip=("prediction
         src_shapes = [tuple(w.shape) for w in src.weights]
         dst_shapes = [tuple(w.shape) for w in layer.weights]
         if src_shapes != dst_shapes:
+            origin = (f"'{source.name}'" if source.name != target.name
+                      else "the same model name built with other arguments")
             raise ValueError(
-                f"Cannot load weights into layer '{layer.name}': shapes {src_shapes} in the "
-                f"source model, {dst_shapes} here. The weights come from another architecture."
+                f"Cannot load weights into layer '{layer.name}' of '{target.name}': it expects "
+                f"shapes {_shapes_text(dst_shapes)}, the source has {_shapes_text(src_shapes)}. "
+                f"The weights come from another architecture ({origin})."
             )
         layer.set_weights(src.get_weights())
         copied.append(layer.name)
@@ -348,11 +351,98 @@ def transfer_weights(source: keras.Model, target: keras.Model, skip=("prediction
     return copied
 
 
-def head_classes_in_weights_file(path) -> int:
-    """The class count of the classifier stored in a Keras 3 ``.weights.h5`` file."""
+def _shapes_text(shapes, limit: int = 4) -> str:
+    """``[(3, 3, 3, 16), (16,)]``, cut after ``limit`` shapes (a block has dozens)."""
+    more = f", ... {len(shapes) - limit} more" if len(shapes) > limit else ""
+    return "[" + ", ".join(str(s) for s in shapes[:limit]) + more + "]"
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_FILE_KINDS = {
+    "weights": ("a readable Keras weights file (.weights.h5, HDF5)",
+                "download or copy it again, or save it anew with model.save_weights(PATH)"),
+    "keras": ("a readable Keras model file (.keras, a zip archive)",
+              "download or copy it again, or save it anew with model.save(PATH)"),
+}
+
+
+def describe_unreadable_file(path, kind: str = "weights", detail: str = "") -> str:
+    """One line saying why ``path`` is not a readable ``kind`` file (``"weights"``:
+    ``.weights.h5``; ``"keras"``: ``.keras``) and the fix: truncated (read from h5py's error
+    text ``detail``), empty, a Git LFS pointer, an error page, text, the other format, ..."""
+    import re
+
+    path = Path(path)
+    label, fix = _FILE_KINDS[kind]
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as err:
+        return f"{path} cannot be read: {err.strerror or err}."
+    truncated = re.search(r"\beof = (\d+).*stored_eof = (\d+)", detail)
+    if size == 0:
+        what = "it is empty (0 bytes)"
+    elif truncated:
+        what = (f"it is truncated ({int(truncated[1]):,} of {int(truncated[2]):,} bytes: an "
+                "interrupted download or copy?)")
+    elif head.startswith(b"version https://git-lfs"):
+        what, fix = "it is a Git LFS pointer, not the file itself", "run `git lfs pull`"
+    elif head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml", b"{")):
+        what = "it is an HTML / XML / JSON page (an error page saved by a failed download?)"
+    elif kind == "weights" and head.startswith(b"PK\x03\x04"):
+        what = "it is a zip archive (a whole .keras model?), not HDF5"
+        fix = "if it is a saved model, name it NAME.keras"
+    elif kind == "keras" and head.startswith(_HDF5_SIGNATURE):
+        what = "it is an HDF5 file (weights?), not a zip archive"
+        fix = "if it holds weights, name it NAME.weights.h5"
+    elif kind == "keras" and head.startswith(b"PK"):
+        what = f"it is a truncated or damaged zip archive ({size:,} bytes)"
+    elif head.startswith(_HDF5_SIGNATURE):
+        what = f"it is a damaged HDF5 file ({detail.split('(', 1)[-1].rstrip(')') or 'unreadable'})"
+    elif _is_text(head):
+        start = head.decode("utf-8").strip().splitlines()[0][:30]
+        what = f"it is a text file, starting {start!r}"
+    else:
+        what = "no HDF5 signature" if kind == "weights" else "it is not a zip archive"
+    return f"{path} is not {label}: {what}. Fix: {fix}."
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(decoded.strip()) and all(c.isprintable() or c.isspace() for c in decoded)
+
+
+@contextlib.contextmanager
+def open_weights_h5(path):
+    """The ``h5py.File`` of a Keras 3 ``.weights.h5``, read-only. A file h5py cannot open
+    (truncated, empty, not HDF5) or without a ``layers`` group raises ``ValueError``: one line
+    naming the file, what is wrong and the fix (:func:`describe_unreadable_file`)."""
     import h5py
 
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:  # h5py: "Unable to synchronously open file (truncated file: ...)"
+        raise ValueError(describe_unreadable_file(path, "weights", str(err))) from None
+    with f:
+        if not isinstance(f.get("layers"), h5py.Group):
+            raise ValueError(
+                f"{path} is an HDF5 file but not Keras 3 weights of a model: it has no "
+                "'layers' group (a Keras 2 / tf.keras .h5?). Fix: load it where it was made "
+                "and save it again under Keras 3 with model.save_weights('NAME.weights.h5')."
+            )
+        yield f
+
+
+def head_classes_in_weights_file(path) -> int:
+    """The class count of the classifier stored in a Keras 3 ``.weights.h5`` file;
+    ``ValueError`` (one line) for an unreadable file or one without exactly one classifier."""
+    import h5py
+
+    with open_weights_h5(path) as f:
         kernels = []
         f["layers"].visititems(
             lambda name, obj: kernels.append(obj.shape)
@@ -360,7 +450,11 @@ def head_classes_in_weights_file(path) -> int:
             else None
         )
     if len(kernels) != 1:
-        raise ValueError(f"Expected one dense classifier in {path}; found {len(kernels)}.")
+        raise ValueError(
+            f"{path} is not the weights of a whole classifier: expected one dense classifier "
+            f"(the 'predictions' head), found {len(kernels)}. Fix: use weights saved from a "
+            "model built with its head (include_top=True)."
+        )
     return int(kernels[0][1])
 
 

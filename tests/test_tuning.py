@@ -124,7 +124,7 @@ def test_leaderboard_files_and_table(search):
     accs = [r["val_accuracy"] for r in done]
     assert accs == sorted(accs, reverse=True) and all(0 <= a <= 1 for a in accs)
     for r in done:
-        assert (r["n"], r["width"], r["branches"], r["mapping"]) == (1, 0.5, 1, "merge_and_run")
+        assert (r["n"], r["width"], r["branches"], r["mapping"]) == (1, 0.5, 1, "resnet")
         assert r["params"] == K1 and r["time_s"] > 0 and r["batch_size"] == 32
         assert float(next(c for c in csv_rows if c["trial_id"] == r["trial_id"])["val_accuracy"]) \
             == pytest.approx(r["val_accuracy"])
@@ -356,7 +356,7 @@ def test_empty_search_space_is_an_error(arg, tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(max_params=K1 - 1), f"below the smallest model of the search space, "
-                              f"n=1,w=0.5,K=1,merge_and_run with {K1:,} parameters"),
+                              f"n=1,w=0.5,K=1,resnet with {K1:,} parameters"),
     (dict(tuner="grid"), "Unknown `tuner`: 'grid'"),
     (dict(dataset="mnist"), "Unknown dataset 'mnist'"),
     (dict(strategy="multiworker"), "Unknown `strategy`: 'multiworker'"),
@@ -406,3 +406,18 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--tuner", "grid"])
     assert "invalid choice: 'grid'" in capsys.readouterr().err
+
+
+def test_one_branch_is_labelled_resnet_and_is_the_same_network():
+    # merge-and-run (or identity) with K = 1 builds a ResNet layer for layer: labelled so.
+    hm = DMRHyperModel(depths_n=(1,), widths=(0.5,), branches=(1, 2),
+                       mappings=("merge_and_run", "identity"))
+    archs = {(a["mapping"], a["branches"]) for a in hm.architectures()}
+    assert archs == {("resnet", 1), ("merge_and_run", 2), ("identity", 2)}
+    kwargs = hm.build_kwargs({"n": 1, "width": 0.5, "branches": 1, "mapping": "merge_and_run"})
+    assert kwargs["mapping"] == "resnet" and kwargs["name"].startswith("resnet_")
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+    nets = [build_model(blocks=(1, 1, 1), width=0.5, num_branches=1, mapping=m)
+            for m in ("merge_and_run", "resnet")]
+    nets[1].set_weights(nets[0].get_weights())
+    np.testing.assert_allclose(np.asarray(nets[0](x)), np.asarray(nets[1](x)), atol=1e-6)

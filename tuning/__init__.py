@@ -8,30 +8,36 @@
   model (``best.keras`` + ``best.json``), TensorBoard logs, and resume after a kill.
 """
 
-from tuning.hypermodel import DMRHyperModel, architecture, count_params
-from tuning.search import (
-    MANIFEST_FORMAT,
-    TUNERS,
-    BudgetBayesianOptimizationOracle,
-    BudgetHyperbandOracle,
-    BudgetRandomSearchOracle,
-    leaderboard,
-    load_best,
-    make_tuner,
-    tune,
-)
+from __future__ import annotations
 
-__all__ = [
-    "MANIFEST_FORMAT",
-    "TUNERS",
-    "BudgetBayesianOptimizationOracle",
-    "BudgetHyperbandOracle",
-    "BudgetRandomSearchOracle",
-    "DMRHyperModel",
-    "architecture",
-    "count_params",
-    "leaderboard",
-    "load_best",
-    "make_tuner",
-    "tune",
-]
+import importlib
+
+_EXPORTS = {
+    "DMRHyperModel": "tuning.hypermodel",
+    "architecture": "tuning.hypermodel",
+    "count_params": "tuning.hypermodel",
+    "MANIFEST_FORMAT": "tuning.search",
+    "TUNERS": "tuning.search",
+    "BudgetBayesianOptimizationOracle": "tuning.search",
+    "BudgetHyperbandOracle": "tuning.search",
+    "BudgetRandomSearchOracle": "tuning.search",
+    "leaderboard": "tuning.search",
+    "load_best": "tuning.search",
+    "make_tuner": "tuning.search",
+    "tune": "tuning.search",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):  # PEP 562: keras-tuner is imported on first use, not by `dmr-tune -h`
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tuning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

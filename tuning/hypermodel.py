@@ -104,9 +104,16 @@ def _check_widths(values):
 
 def architecture(values) -> dict:
     """The architecture part of a trial's hyperparameter values: ``n, width, branches,
-    mapping`` (``branches`` is 1 for ResNet, whose ``branches`` value is inactive)."""
+    mapping`` (``branches`` is 1 for ResNet, whose ``branches`` value is inactive).
+
+    One branch is a ResNet whatever the mapping (merge-and-run's mean of one stream, and
+    identity, are its skip: the same network, layer for layer), so K = 1 is labelled
+    ``resnet``: on the leaderboard, in ``best.json`` and in the model's name, and a search
+    never trains that network twice under two labels."""
     mapping = values.get("mapping", "merge_and_run")
     k = 1 if mapping == "resnet" else int(values.get("branches", 2))
+    if k == 1:
+        mapping = "resnet"
     return {"n": int(values["n"]), "width": float(values["width"]), "branches": k,
             "mapping": mapping}
 
@@ -208,7 +215,8 @@ class DMRHyperModel(keras_tuner.HyperModel):
             for n in self.depths_n:
                 for w in self.widths:
                     for k in (1,) if m == "resnet" else self.branches:
-                        arch = {"n": n, "width": w, "branches": k, "mapping": m}
+                        arch = architecture({"n": n, "width": w, "branches": k,
+                                             "mapping": m})
                         key = architecture_key(arch)
                         if key not in seen:
                             seen.add(key)

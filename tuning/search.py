@@ -17,21 +17,17 @@ again after a kill continues the search: finished trials are not repeated.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import os
-import sys
 import time
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras_tuner  # noqa: E402
 
 from dmr_keras import checks  # noqa: E402
 from dmr_keras.atomic import atomic_path, write_json, write_text  # noqa: E402
+from tuning.cli import DEFAULT_SPACE, STRATEGIES, TUNERS  # noqa: E402,F401  (the CLI's choices)
 from tuning.hypermodel import (  # noqa: E402
     HP_NAMES,
     DMRHyperModel,
@@ -39,13 +35,8 @@ from tuning.hypermodel import (  # noqa: E402
     architecture_key,
 )
 
-TUNERS = ("random", "bayesian", "hyperband")
-STRATEGIES = ("none", "auto", "mirrored")
 OBJECTIVE = "val_accuracy"
 MANIFEST_FORMAT = "dmr-keras-tuning-best/1"
-DEFAULT_SPACE = dict(depths_n=(1, 2, 3), widths=(0.5, 1), branches=(1, 2, 3),
-                     mappings=("merge_and_run",), lrs=(0.1, 0.05), weight_decays=(1e-4, 5e-4),
-                     batch_sizes=(64, 128))
 LEADERBOARD_COLUMNS = ("rank", "trial_id", "status", "n", "width", "branches", "mapping", "lr",
                        "weight_decay", "batch_size", "params", "val_accuracy", "time_s", "note")
 # Settings that must match for `overwrite=False` to continue an existing project.
@@ -538,7 +529,7 @@ def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, 
           + (f", max_params {hypermodel.max_params:,}" if hypermodel.max_params else "")
           + f", {plan.description} -> {project_dir}")
     start = time.perf_counter()
-    search_tuner.search(data_fn, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    search_tuner.search(data_fn, epochs=epochs, callbacks=callbacks, verbose=min(verbose, 2))
     wall = time.perf_counter() - start
 
     rows = leaderboard(search_tuner)
@@ -568,57 +559,9 @@ def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, 
             "replicas": plan.num_replicas}
 
 
-# ---- command line -------------------------------------------------------------------------
+# ---- command line: tuning/cli.py (keras-free, so that --help answers at once) ----------------
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dmr-tune", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s = DEFAULT_SPACE
-    p.add_argument("--tuner", default="random", choices=TUNERS)
-    p.add_argument("--dataset", default="digits",
-                   help="cifar10 | cifar100 | svhn | imagenet2012 | digits | folder:PATH")
-    p.add_argument("--max-trials", type=int, default=3, help="trials to run (not counting "
-                   "skipped configurations)")
-    p.add_argument("--epochs", type=int, default=1, help="epochs per trial (hyperband: max)")
-    p.add_argument("--strategy", default="none", choices=STRATEGIES,
-                   help="tf.distribute strategy every trial runs under")
-    p.add_argument("--cpu-devices", type=int, default=None,
-                   help="split the CPU into N logical devices (for --strategy mirrored on CPU)")
-    p.add_argument("--directory", default="tuning_runs")
-    p.add_argument("--project", default="dmr")
-    p.add_argument("--max-params", type=int, default=None,
-                   help="skip configurations with more trainable parameters")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true",
-                   help="start again instead of continuing DIRECTORY/PROJECT")
-    p.add_argument("--depths-n", type=int, nargs="+", default=list(s["depths_n"]),
-                   help="blocks per stage n (depth 6n+2)")
-    p.add_argument("--widths", type=float, nargs="+", default=list(s["widths"]))
-    p.add_argument("--branches", type=int, nargs="+", default=list(s["branches"]))
-    p.add_argument("--mappings", nargs="+", default=list(s["mappings"]),
-                   help="merge_and_run identity resnet")
-    p.add_argument("--lrs", type=float, nargs="+", default=list(s["lrs"]))
-    p.add_argument("--weight-decays", type=float, nargs="+", default=list(s["weight_decays"]))
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=list(s["batch_sizes"]))
-    p.add_argument("--max-train-examples", type=int, default=None,
-                   help="cap on training images per epoch (quick searches)")
-    p.add_argument("--data-dir", default=None, help="TFDS data_dir (ImageNet: manual files)")
-    p.add_argument("--validation-split", type=float, default=0.1,
-                   help="folder datasets: fraction held out per class")
-    p.add_argument("--verbose", type=int, default=1, help="0 silent, 1 bar, 2 lines")
-    return p
-
-
-def main(argv=None) -> int:
-    kwargs = vars(build_parser().parse_args(argv))
-    try:
-        tune(kwargs.pop("dataset"), **kwargs)
-    except ValueError as err:
-        print(f"dmr-tune: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
+from tuning.cli import build_parser, main  # noqa: E402,F401
 
 if __name__ == "__main__":
     raise SystemExit(main())

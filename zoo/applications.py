@@ -8,7 +8,10 @@ variant (``DMRNet32W4``, ``DILNet56``, ``ResNet110``, ``DMRNet38K3``, ``DMRNet44
 activation other than softmax/None on a pretrained head, and a channel count the weights cannot
 take. ``classes=None`` means the weights' class count, or the form's default (10 for CIFAR
 forms, 1000 for ImageNet) without weights. :func:`preprocess_input` and
-:func:`decode_predictions` use the preprocessing and class names stored with each weights entry.
+:func:`decode_predictions` use the preprocessing and class names stored with each weights entry;
+:func:`preprocess_input` warns when its input does not look like 0-255 pixels.
+:func:`digits_to_images` turns scikit-learn's 8x8 digits into the 32x32x3 0-255 pixels that
+:func:`preprocess_input` takes (``dmrnet_8_tiny.digits``).
 Weights given by tag are checked against the entry's fingerprint when loaded (one forward pass on
 4 reference inputs, :mod:`zoo.fingerprint`): a network that has drifted from the published one
 raises ``ValueError``.
@@ -16,8 +19,11 @@ raises ``ValueError``.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from dmr_keras import digits as _digits
 from zoo.registry import _variants, create_model, get_variant, resolve_weights, split_name
 
 _PREFIX = {"dmrnet": "DMRNet", "dilnet": "DILNet", "resnet": "ResNet"}
@@ -98,7 +104,7 @@ def _make(variant_name: str):
 
 APPLICATIONS = {function_name(n): _make(n) for n in _variants()}
 globals().update(APPLICATIONS)
-__all__ = sorted(APPLICATIONS) + ["decode_predictions", "preprocess_input"]
+__all__ = sorted(APPLICATIONS) + ["decode_predictions", "digits_to_images", "preprocess_input"]
 
 
 def _entry(weights: str):
@@ -114,14 +120,77 @@ def _entry(weights: str):
     return manifest[weights]
 
 
+def digits_to_images(digits) -> np.ndarray:
+    """scikit-learn's 8x8 digits -> the 32x32x3 pixels (0-255) that :func:`preprocess_input`
+    takes for ``dmrnet_8_tiny.digits``, exactly as that model's training images were made.
+
+    Args:
+        digits: ``(N, 64)`` (``sklearn.datasets.load_digits().data``) or ``(N, 8, 8)``
+            (``.images``), grey levels 0..16 as loaded.
+
+    Returns:
+        ``(N, 32, 32, 3)`` float32 in [0, 255]: each grey level times 255/16 (16 -> 255), each
+        pixel repeated 4x4 (8x8 -> 32x32, nearest neighbour) and over the 3 channels.
+
+    Example:
+    >>> from sklearn.datasets import load_digits  # doctest: +SKIP
+    >>> pixels = digits_to_images(load_digits().data)  # doctest: +SKIP
+    >>> x = preprocess_input(pixels, weights="dmrnet_8_tiny.digits")  # doctest: +SKIP
+
+    Passing the 0..16 values (or the 8x8 images) straight to :func:`preprocess_input` gives
+    about 10 % accuracy: it expects 0-255 pixels (and warns). ``dmr_keras.digits`` has the same
+    conversion into [0, 1] (``max_value=1``), the units of the ``digits`` training pipeline.
+    """
+    return _digits.digits_to_images(digits, max_value=255.0)
+
+
+# preprocess_input's check of its input: pixels are 0-255, so a batch whose largest value is at
+# most _SMALL_MAX (while not constant) was almost surely scaled otherwise: [0, 1] images, digits'
+# 0..16 grey levels, or an already normalised batch. A valid 0-255 image that dark (every pixel
+# at most 16, about 6 % grey) is rare; a constant batch (e.g. all zeros) is not checked.
+_SMALL_MAX = 16.5
+
+
+def _check_pixel_range(x, weights, pre):
+    """One ``UserWarning`` when ``x`` does not look like 0-255 pixels (see ``_SMALL_MAX``)."""
+    if x.size == 0 or not np.isfinite(x).any():
+        return
+    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+    if hi > _SMALL_MAX or hi <= lo:
+        return
+    if lo < 0:
+        looks, fix = ("already normalised (negative values)", "pass the 0-255 pixels, not "
+                      "preprocess_input's (or another normalisation's) output")
+    elif hi <= 1.0 + 1e-6:
+        looks, fix = "like [0, 1] images", "multiply by 255"
+    else:
+        looks, fix = ("like scikit-learn digits' 0..16 grey levels", "multiply by 255/16, or "
+                      "convert 8x8 digits with zoo.applications.digits_to_images")
+    mean = ", ".join(f"{255 * m:.1f}" for m in pre["mean"])
+    warnings.warn(
+        f"preprocess_input(weights={weights!r}): the input's values lie in [{lo:.4g}, {hi:.4g}], "
+        f"which looks {looks}; it expects pixels in [0, 255] (the weights' training images: "
+        f"mean {mean} per channel), else the predictions are near chance. Fix: {fix}. (A "
+        "0-255 image this dark, every value <= 16, is rare; if that is what you have, ignore "
+        "this warning.)", UserWarning, stacklevel=3)
+
+
 def preprocess_input(x, weights: str):
     """Images with values in [0, 255] (``(..., H, W, 3)``) -> what ``weights`` expects.
 
     ``weights`` is a ``"model.tag"`` key; its stored preprocessing (scale to [0, 1], then
     per-channel ``(x - mean) / std``) is applied. Returns float32 NumPy.
+
+    Warns (one ``UserWarning``) when ``x`` does not look like 0-255 pixels: its largest value
+    is at most 16.5 while the batch is not constant, as for [0, 1] images (fix: multiply by
+    255), scikit-learn's 0..16 digits (multiply by 255/16, or :func:`digits_to_images`) or an
+    already normalised batch. Correctly scaled input, a dark image included, is not warned about
+    unless every value is at most 16.5.
     """
     pre = _entry(weights).preprocessing
-    x = np.asarray(x, dtype="float32") / 255.0
+    x = np.asarray(x, dtype="float32")
+    _check_pixel_range(x, weights, pre)
+    x = x / 255.0
     return (x - np.asarray(pre["mean"], "float32")) / np.asarray(pre["std"], "float32")
 
 

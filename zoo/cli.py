@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
 import sys
 import warnings
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def cmd_list(args) -> int:
@@ -271,6 +268,10 @@ def cmd_publish(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format == "onnx":  # before any model is built or weights fetched
+        from zoo.export import require_onnx_packages
+
+        require_onnx_packages()
     import numpy as np
 
     from dmr_keras.digits import load_digits_images
@@ -334,9 +335,14 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("publish", "export") or (
+            args.command == "verify" and (args.deep or args.accuracy)):
+        from dmr_keras.startup import start_backend
+
+        start_backend()  # list, info, fetch and a plain verify never import Keras
     try:
         return args.fn(args)
-    except ValueError as err:
+    except (ValueError, ImportError) as err:  # ImportError: a missing extra, named in one line
         print(f"dmr-zoo: error: {err}", file=sys.stderr)
         return 2
 

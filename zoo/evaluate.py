@@ -24,12 +24,9 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 RESULT_FIELDS = ("model", "dataset", "split", "top1", "top5", "loss", "images", "images_per_s",
                  "params", "image_size", "batch_size")
@@ -357,6 +354,9 @@ def main(argv=None) -> int:
         if args.results_file and Path(args.results_file).suffix not in (".csv", ".json"):
             raise ValueError("--results-file must end in .csv or .json. Received: "
                              f"{args.results_file}")
+        from dmr_keras.startup import start_backend
+
+        start_backend()
         rows = []
         for m in models:
             row = evaluate(m, args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,

@@ -9,7 +9,9 @@ inference forward pass (``training=False``: BatchNormalization uses its moving s
 * ``onnx``: an ``.onnx`` file from Keras's ONNX export (``tf2onnx`` under the TensorFlow
   backend), opset :data:`ONNX_OPSET`. The graph's input keeps the model's input name with a
   dynamic first dimension named ``batch``; the output is renamed ``output_0``. Needs the
-  ``tf2onnx`` and ``onnx`` packages; run it with ``onnxruntime``.
+  ``tf2onnx``, ``onnx`` and ``onnxruntime`` packages (``pip install 'dmr-keras[export]'``);
+  when one is missing, :func:`export_model` raises one ``ImportError`` naming it before
+  writing anything.
 * ``tflite``: a ``.tflite`` flatbuffer from ``tf.lite.TFLiteConverter`` (still shipped with
   TensorFlow 2.21) converting the same SavedModel, float32, TFLite builtin ops only, so the
   standalone LiteRT runtime (``ai-edge-litert``) runs it without the Flex delegate. Dynamic
@@ -23,6 +25,7 @@ and renamed into place (an existing target is moved aside first and deleted afte
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import tempfile
@@ -37,6 +40,30 @@ FORMATS = ("saved_model", "onnx", "tflite")
 ONNX_OPSET = 17  # tf2onnx 1.17 writes opsets up to 18; onnxruntime >= 1.13 runs 17
 SERVING_SIGNATURE = "serving_default"
 OUTPUT_NAME = "output_0"  # the SavedModel signature's output key, reused for ONNX
+#: The packages ONNX export needs: writing (tf2onnx, onnx) and running it back (onnxruntime);
+#: all three are the ``export`` extra of setup.py.
+ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
+EXPORT_EXTRA = "pip install 'dmr-keras[export]'"
+
+
+def require_onnx_packages(packages=ONNX_PACKAGES) -> None:
+    """Import ``packages``; one ``ImportError`` naming every missing one (and the install
+    command) when any fails, e.g. ``ONNX export needs tf2onnx, onnx and onnxruntime: pip
+    install 'dmr-keras[export]' (missing: onnxruntime)``."""
+    missing = []
+    for name in packages:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            # A package that is there but fails to import (a broken or mismatched install)
+            # says why, on the same line.
+            absent = isinstance(err, ModuleNotFoundError) and err.name == name
+            reason = " ".join(str(err).split())
+            missing.append(name if absent else f"{name} ({type(err).__name__}: {reason})")
+    if missing:
+        need = f"{', '.join(ONNX_PACKAGES[:-1])} and {ONNX_PACKAGES[-1]}"
+        raise ImportError(f"ONNX export needs {need}: {EXPORT_EXTRA} "
+                          f"(missing: {', '.join(missing)})")
 
 
 def _check_format(format: str) -> str:
@@ -127,13 +154,6 @@ def _rename_onnx_io(onnx_path: Path) -> None:
 
 
 def _export_onnx(model, path: Path, input_signature) -> None:
-    try:
-        import onnx  # noqa: F401
-        import tf2onnx  # noqa: F401
-    except ImportError as e:
-        raise ImportError(
-            "ONNX export needs the 'tf2onnx' and 'onnx' packages: pip install tf2onnx onnx"
-        ) from e
     with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
         # Keras patches tf2onnx for NumPy 2 by probing np.object, which warns.
         warnings.filterwarnings("ignore", message=r".*np\.object.*", category=FutureWarning)
@@ -176,6 +196,8 @@ def export_model(model, path, format: str, *, batch_size: int | None = None) -> 
 
     Raises:
         ValueError: unknown ``format``, or a Keras backend other than TensorFlow.
+        ImportError: ``onnx`` without tf2onnx, onnx or onnxruntime (the ``export`` extra), one
+            line naming the missing ones; raised before anything is written.
 
     Example:
     >>> path = export_model(create_model("dmrnet_8_tiny"), "m.onnx", "onnx")  # doctest: +SKIP
@@ -184,6 +206,8 @@ def export_model(model, path, format: str, *, batch_size: int | None = None) -> 
     """
     _check_format(format)
     _check_backend()
+    if format == "onnx":
+        require_onnx_packages()  # before any file or folder is made
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     input_signature = _input_signature(model, batch_size)
@@ -217,6 +241,7 @@ def _run_saved_model(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    require_onnx_packages(("onnxruntime",))
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

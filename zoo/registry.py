@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import functools
 import inspect
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
+from dmr_keras.arch import _DEFAULTS, _resolve_blocks, model_depth
 
-from dmr_keras.models import _DEFAULTS, _resolve_blocks, build_model, model_depth
+if TYPE_CHECKING:  # Keras is imported when a model is built, not when the registry is read
+    import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +34,11 @@ class Variant:
     reference_params: float | None = None
 
 
-_BUILDER_ARGS = frozenset(inspect.signature(build_model).parameters)
+@functools.cache
+def _builder_args() -> frozenset:
+    from dmr_keras.models import build_model
+
+    return frozenset(inspect.signature(build_model).parameters)
 
 
 def _variants() -> dict:
@@ -103,7 +110,9 @@ def resolve_weights(name: str, weights) -> tuple[Path, int, object]:
         if str(path).endswith(".weights.h5"):
             return path, head_classes_in_weights_file(path), None
         if path.suffix == ".keras":
-            model = keras.saving.load_model(path)
+            from zoo.weights_check import load_keras_model
+
+            model = load_keras_model(path)
             return path, int(model.output_shape[-1]), None
         raise ValueError(f"`weights` must be a .weights.h5 or .keras file. Received: {path}")
     tags = weight_tags(name)
@@ -114,18 +123,68 @@ def resolve_weights(name: str, weights) -> tuple[Path, int, object]:
     )
 
 
-def _load_local(path: Path) -> keras.Model:
-    """A tuned or trained model saved as ``.keras``, or a local manifest pointing to one."""
+def _load_local(path: Path, weights=None, overrides=None) -> keras.Model:
+    """A tuned or trained model saved as ``.keras``, or a local manifest pointing to one.
+
+    With ``overrides`` (``classes=5``, ...), a manifest that records the model's
+    ``build_kwargs`` (``best.json`` from ``dmr-tune``) rebuilds the model with them and copies
+    the saved weights in, the head only where it still fits; a bare ``.keras`` file cannot be
+    rebuilt and raises ``ValueError`` saying what to do instead."""
+    from zoo.weights_check import load_keras_model
+
+    record, manifest = None, path
     if path.suffix == ".json":
+        if not path.is_file():
+            raise ValueError(f"The model manifest {path} does not exist (a best.json written "
+                             "by dmr-tune, or a registered model name: zoo.list_models()).")
         try:
             record = json.loads(path.read_text())
             target = Path(record["model_path"])
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"{path} is not a model manifest with 'model_path': {err}") from err
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a model manifest with 'model_path': "
+                             f"{type(err).__name__}: {err}") from None
         path = target if target.is_absolute() else path.parent / target
     if not path.exists():
-        raise ValueError(f"Model file not found: {path}")
-    return keras.saving.load_model(path)
+        named = f" (named by {manifest})" if record is not None else ""
+        raise ValueError(f"Model file not found: {path}{named}")
+    if weights is not None:
+        raise ValueError(
+            f"{manifest} is a saved model with its own weights: `weights`={weights!r} cannot "
+            f"apply. Fix: create_model({str(manifest)!r}) alone, or a registered model name "
+            "with `weights`.")
+    overrides = dict(overrides or {})
+    build_kwargs = (record or {}).get("build_kwargs")
+    if overrides and not isinstance(build_kwargs, dict):
+        args = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        raise ValueError(
+            f"{manifest} is a saved model: it loads as it was saved, so {args} cannot apply "
+            "(it records no build_kwargs to rebuild it with). Fix: fine-tune it with dmr-train "
+            f"--model NAME --init-weights {path} (NAME: its registered architecture), or load "
+            f"it with create_model({str(manifest)!r}) and replace the head.")
+    source = load_keras_model(path)
+    if not overrides:
+        return source
+    from dmr_keras.models import build_model
+    from dmr_keras.training import transfer_weights
+
+    unknown = set(overrides) - _builder_args()
+    if unknown:
+        raise ValueError(f"Unknown argument(s) for create_model({str(manifest)!r}): "
+                         f"{sorted(unknown)}. Valid: {sorted(_builder_args())}")
+    kwargs = {**build_kwargs, **overrides}
+    for key in ("input_shape", "blocks"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    model = build_model(**kwargs)
+    names = [layer.name for layer in model.layers]
+    head_fits = ("predictions" in names and "predictions" in [x.name for x in source.layers]
+                 and model.get_layer("predictions").units == source.get_layer("predictions").units)
+    try:
+        transfer_weights(source, model, skip=() if head_fits else ("predictions",))
+    except ValueError as err:
+        raise ValueError(f"{manifest}: {err} Only arguments that keep the backbone can change "
+                         "(classes, include_top, pooling, input_shape, ...).") from None
+    return model
 
 
 def create_model(model_name: str, weights=None, **overrides) -> keras.Model:
@@ -140,14 +199,22 @@ def create_model(model_name: str, weights=None, **overrides) -> keras.Model:
         **overrides: :func:`dmr_keras.build_model` arguments (``classes``, ``include_top``,
             ``pooling``, ``input_shape``, ...). With weights and a class count other than the
             weights' (or ``include_top=False``), the backbone is loaded and a new head built.
+            A ``best.json`` takes them too (rebuilt from its ``build_kwargs``, the saved
+            weights copied in); a bare ``.keras`` file loads as saved, without overrides.
+
+    A weights file that is truncated, not HDF5 or made for another architecture raises a
+    one-line ``ValueError`` naming the file, the problem and the fix
+    (:mod:`zoo.weights_check`).
 
     Example:
     >>> model = create_model("dmrnet_14", classes=5, input_shape=(None, None, 3))
     >>> model.output_shape
     (None, 5)
     """
-    if str(model_name).endswith((".keras", ".json")) and not overrides and weights is None:
-        return _load_local(Path(model_name))
+    if str(model_name).endswith((".keras", ".json")):
+        return _load_local(Path(model_name).expanduser(), weights, overrides)
+    from dmr_keras.models import build_model
+
     base, tag = split_name(model_name)
     if tag is not None:
         if weights not in (None, tag):
@@ -155,11 +222,11 @@ def create_model(model_name: str, weights=None, **overrides) -> keras.Model:
                              "contradicts it. Pass one of them.")
         weights = tag
     variant = get_variant(base)
-    unknown = set(overrides) - _BUILDER_ARGS
+    unknown = set(overrides) - _builder_args()
     if unknown:
         raise ValueError(
             f"Unknown argument(s) for create_model({model_name!r}): {sorted(unknown)}. "
-            f"Valid: {sorted(_BUILDER_ARGS)}"
+            f"Valid: {sorted(_builder_args())}"
         )
     kwargs = {**variant.config, "name": base, **overrides}
     if "blocks" in overrides and "depth" not in overrides:
@@ -191,14 +258,17 @@ def build_published(entry, path=None) -> keras.Model:
     """The network of a manifest entry as published: its variant, its class count and input
     shape, the default head, float32, with the entry's weights (``path``, else
     :func:`zoo.weights.resolve`). The fingerprint is not checked here."""
+    from dmr_keras.models import build_model
     from zoo import weights as weights_lib
     from zoo.fingerprint import float32_policy
 
     variant = get_variant(entry.model)
     path = weights_lib.resolve(entry) if path is None else path
+    from zoo.weights_check import load_weights_checked
+
     with float32_policy():
         model = build_model(**_published_kwargs(variant, entry.classes, entry.input_shape))
-    model.load_weights(path)
+    load_weights_checked(model, path)
     return model
 
 
@@ -219,23 +289,28 @@ def load_pretrained(model: keras.Model, variant: Variant, path, weight_classes: 
     into ``model`` are the same code and the same tensors. A weights file given by path
     (no manifest entry) is not checked.
     """
+    from dmr_keras.models import build_model
     from dmr_keras.training import transfer_weights
     from zoo.fingerprint import check_fingerprint, float32_policy
+    from zoo.weights_check import load_keras_model, load_weights_checked
 
     path = Path(path)
     if path.suffix == ".keras":
-        source = keras.saving.load_model(path)
+        source = load_keras_model(path)
     else:
         shape = entry.input_shape if entry is not None else None
         with float32_policy():
             source = build_model(**_published_kwargs(variant, weight_classes, shape))
-        source.load_weights(path)
+        load_weights_checked(source, path)  # one line for a truncated or foreign file
         if entry is not None and entry.fingerprint:
             check_fingerprint(source, entry)
     if skip_head is None:
         skip_head = not ("predictions" in [layer.name for layer in model.layers]
                          and model.get_layer("predictions").units == weight_classes)
-    return transfer_weights(source, model, skip=("predictions",) if skip_head else ())
+    try:
+        return transfer_weights(source, model, skip=("predictions",) if skip_head else ())
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def model_info(name: str) -> dict:

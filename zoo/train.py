@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULTS = dict(
     model="dmrnet_20", dataset="digits", epochs=15, batch_size=64, lr=0.1, weight_decay=1e-4,
@@ -35,6 +33,7 @@ DEFAULTS = dict(
     output=None,
     init_weights=None, freeze_backbone=False, data_dir=None, validation_split=0.1,
     verbose=1, cpu_devices=None, cpu_threads="auto", deterministic=None, overwrite=False,
+    skip_corrupt=False,
 )
 WEIGHT_DECAY_SCOPES = ("all", "kernels")
 RUN_FILE = "run.json"
@@ -43,7 +42,8 @@ RUN_FILE = "run.json"
 RUN_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "weight_decay",
             "weight_decay_scope", "schedule", "warmup_epochs", "label_smoothing",
             "zero_init_last_bn", "precise_bn",
-            "seed", "mixed_precision", "init_weights", "freeze_backbone", "validation_split")
+            "seed", "mixed_precision", "init_weights", "freeze_backbone", "validation_split",
+            "skip_corrupt")
 # What dmr-train writes into its output directory (and --overwrite removes).
 _OUTPUTS = ("checkpoints", "logs", "model.keras", "model.weights.h5", "metrics.json",
             "curves.png", RUN_FILE)
@@ -110,6 +110,7 @@ def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
 
     stored = json.loads(run_file.read_text())
     stored.setdefault("label_smoothing", 0.0)  # runs from before the option trained without
+    stored.setdefault("skip_corrupt", False)  # (and stopped on unreadable files)
     differ = differing_settings(stored, run, RUN_KEYS)
     if differ:
         raise ValueError(
@@ -123,8 +124,28 @@ def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
     return None
 
 
+def _model_for(model: str | None, init_weights: str | None) -> str:
+    """The model to train: ``model``, else the one a zoo key in ``init_weights`` names, else
+    the default. A zoo key for another model than ``model`` is an error naming both."""
+    key_model = None
+    if init_weights is not None and not Path(init_weights).exists():
+        from zoo.registry import split_name
+        from zoo.weights import load_manifest
+
+        if init_weights in load_manifest():
+            key_model = split_name(init_weights)[0]
+    if model is None:
+        return key_model or DEFAULTS["model"]
+    if key_model is not None and key_model != model:
+        raise ValueError(
+            f"--init-weights {init_weights} holds {key_model} weights, which do not fit "
+            f"--model {model} (another architecture). Leave out --model (a zoo key implies its "
+            f"model) or pass --model {key_model}.")
+    return model
+
+
 def train(
-    model: str = DEFAULTS["model"],
+    model: str | None = None,
     dataset: str = DEFAULTS["dataset"],
     *,
     epochs: int = DEFAULTS["epochs"],
@@ -150,12 +171,14 @@ def train(
     cpu_threads: str | None = None,
     deterministic: bool | None = None,
     overwrite: bool = False,
+    skip_corrupt: bool = DEFAULTS["skip_corrupt"],
 ) -> dict:
     """Train ``model`` (a registered name) on ``dataset``; returns the run's metrics dict.
 
-    Args mirror the ``dmr-train`` flags (``dmr-train --help``). Global state is changed only
-    where an argument asks for it: ``seed`` (not None) seeds Python, NumPy and the backend
-    (``keras.utils.set_random_seed``) so that the initial weights are reproducible;
+    Args mirror the ``dmr-train`` flags (``dmr-train --help``). ``model`` None: the model of
+    the zoo key in ``init_weights`` (``"dmrnet_8_tiny.digits"``), else dmrnet_20. Global state
+    is changed only where an argument asks for it: ``seed`` (not None) seeds Python, NumPy and
+    the backend (``keras.utils.set_random_seed``) so that the initial weights are reproducible;
     ``deterministic`` (None: on when there is no GPU) turns TensorFlow's op determinism on
     for the run and back off after it; ``mixed_precision`` sets the dtype policy for the run;
     ``cpu_threads`` / ``cpu_devices`` (None: leave alone) size TensorFlow's CPU thread pools
@@ -164,13 +187,15 @@ def train(
 
     from dmr_keras import distribute, performance
 
+    model = _model_for(model, init_weights)
     run = dict(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
                weight_decay=weight_decay, weight_decay_scope=weight_decay_scope,
                schedule=schedule, warmup_epochs=warmup_epochs,
                label_smoothing=label_smoothing,
                zero_init_last_bn=bool(zero_init_last_bn), precise_bn=bool(precise_bn),
                seed=seed, mixed_precision=bool(mixed_precision), init_weights=init_weights,
-               freeze_backbone=bool(freeze_backbone), validation_split=validation_split)
+               freeze_backbone=bool(freeze_backbone), validation_split=validation_split,
+               skip_corrupt=bool(skip_corrupt))
     run["dataset"] = dataset = _check_arguments(run, strategy, freeze_backbone)
     output = Path(output or f"runs/{model}-{dataset.replace(':', '_').replace('/', '_')}")
     if not run["dataset"].startswith("folder:"):
@@ -224,7 +249,7 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
     train_ds, eval_ds, info = data_lib.load(
         run["dataset"], batch_size=run["batch_size"], seed=seed, data_dir=data_dir,
         validation_split=run["validation_split"] or 0.1, epochs=run["epochs"],
-        initial_epoch=initial_epoch)
+        initial_epoch=initial_epoch, skip_corrupt=run["skip_corrupt"])
     steps = info.train_examples // run["batch_size"]
     if steps < 1:
         raise ValueError(f"The batch size {run['batch_size']} is larger than the training set "
@@ -247,6 +272,8 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
     print(f"Training {run['model']} on {run['dataset']}: {info.train_examples} images, "
           f"{info.num_classes} classes, {run['epochs']} epochs of {steps} steps, batch "
           f"{run['batch_size']}, {plan.description}")
+    print(f"val_* in the epoch lines is measured on the {info.eval_split} split "
+          f"({info.eval_examples} images): reported, never used to select an epoch or setting.")
     start = time.perf_counter()
     if initial_epoch < run["epochs"]:
         _fit(net, plan, train_ds, eval_ds, run["epochs"], initial_epoch, steps, checkpoint,
@@ -256,16 +283,20 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
     wall = time.perf_counter() - start
 
     if run["precise_bn"]:
-        plain, _, _ = data_lib.load(run["dataset"], batch_size=run["batch_size"], seed=seed,
-                                    data_dir=data_dir, augment=False, epochs=1,
-                                    validation_split=run["validation_split"] or 0.1)
+        with warnings.catch_warnings():  # the first load already named the skipped files
+            warnings.filterwarnings("ignore", message="skip_corrupt:")
+            plain, _, _ = data_lib.load(
+                run["dataset"], batch_size=run["batch_size"], seed=seed, data_dir=data_dir,
+                augment=False, epochs=1, validation_split=run["validation_split"] or 0.1,
+                skip_corrupt=run["skip_corrupt"])
         training.precise_batchnorm(net, plain, max_batches=max(1, min(steps, 100)))
     test_loss, test_acc = _evaluate(net, plan, eval_ds)
     trained = run["epochs"] - initial_epoch
     data_record = dict(num_classes=info.num_classes, image_shape=list(info.image_shape),
                        mean=list(info.mean), std=list(info.std),
                        class_names=list(info.class_names) if info.class_names else None,
-                       source=info.source, eval_split=info.eval_split)
+                       source=info.source, eval_split=info.eval_split,
+                       skipped=list(info.skipped))
     if info.source in ("folder", "cifar-python") and chief:
         root = data_dir if data_dir and not run["dataset"].startswith("folder:") else \
             run["dataset"][len("folder:"):]
@@ -299,8 +330,8 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
         training.plot_history(checkpoint.history, output / "curves.png",
                               title=f"{run['model']} on {run['dataset']}")
         write_json(output / "metrics.json", metrics)  # last: its presence means "finished"
-    print(f"test accuracy {test_acc:.4f}  test loss {test_loss:.4f}  wall time {wall:.1f} s  "
-          f"-> {output}")
+    print(f"{info.eval_split} accuracy {test_acc:.4f}  {info.eval_split} loss {test_loss:.4f}  "
+          f"({info.eval_examples} {info.eval_split} images)  wall time {wall:.1f} s  -> {output}")
     return metrics
 
 
@@ -315,13 +346,13 @@ def _fit(net, plan, train_ds, eval_ds, epochs, initial_epoch, steps, checkpoint,
             net, optimizer=net.optimizer, loss=net.loss, train_dataset=train_ds,
             eval_dataset=eval_ds, epochs=epochs, strategy=plan.strategy,
             initial_epoch=initial_epoch, global_batch_size=batch_size,
-            steps_per_epoch=steps, on_epoch_end=checkpoint.on_epoch_end, verbose=verbose)
+            steps_per_epoch=steps, on_epoch_end=checkpoint.on_epoch_end, verbose=min(verbose, 2))
         return
     callbacks = [checkpoint]
     if keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
     net.fit(train_ds, validation_data=eval_ds, epochs=epochs, initial_epoch=initial_epoch,
-            steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+            steps_per_epoch=steps, callbacks=callbacks, verbose=min(verbose, 2),
             shuffle=False)  # the dataset is shuffled per (seed, epoch) itself
 
 
@@ -408,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dmr_keras.performance import CPU_THREADS
 
     d = DEFAULTS
-    p.add_argument("--model", default=d["model"], help="registered model name (dmr-zoo list)")
+    p.add_argument("--model", default=None,
+                   help=f"registered model name (dmr-zoo list); default: the model of a zoo key "
+                        f"in --init-weights, else {d['model']}")
     p.add_argument("--dataset", default=d["dataset"],
                    help="cifar10 | cifar100 | svhn | imagenet2012 | digits | folder:PATH")
     p.add_argument("--epochs", type=int, default=d["epochs"])
@@ -449,9 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cifar10/cifar100: a folder with train/<class>/ + test/<class>/ images, "
                         "the official python files or a TFDS data dir; other TFDS datasets: "
                         "the TFDS data_dir (ImageNet: manual files)")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="folder datasets (and CIFAR train/ + test/ folders): leave out "
+                        "unreadable or corrupt image files, listed in a warning and in "
+                        "metrics.json (data.skipped), instead of stopping")
     p.add_argument("--validation-split", type=float, default=d["validation_split"],
                    help="folder datasets: fraction held out per class")
-    p.add_argument("--verbose", type=int, default=d["verbose"], help="0 silent, 1 bar, 2 lines")
+    p.add_argument("--verbose", type=int, default=d["verbose"],
+                   help="0 silent, 1 bar, 2 lines, 3 lines and TensorFlow's own start-up logs")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="TensorFlow op determinism (default: on without a GPU)")
     p.add_argument("--overwrite", action="store_true",
@@ -469,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     kwargs = vars(args)
+    from dmr_keras.startup import start_backend
+
+    start_backend(verbose=kwargs["verbose"] >= 3)
     try:
         train(kwargs.pop("model"), kwargs.pop("dataset"), **kwargs)
     except ValueError as err:

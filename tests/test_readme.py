@@ -189,9 +189,10 @@ class Workspace:
         self.data = root / "cifar10"
         _write_cifar_fixture(self.data)
         self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("DMR_KERAS_MANIFESTS", "DMR_KERAS_MIRROR", "TF_CONFIG")}
+                    if k not in ("DMR_KERAS_MANIFESTS", "DMR_KERAS_MIRROR", "TF_CONFIG",
+                                 "TF_CPP_MIN_LOG_LEVEL")}  # the commands' own quietness
         self.env.update(PATH=str(BIN) + os.pathsep + os.environ.get("PATH", ""),
-                        TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+                        CUDA_VISIBLE_DEVICES="",
                         DMR_KERAS_HOME=str(root / "dmr_keras_home"),
                         KERAS_HOME=str(root / "keras_home"), MPLBACKEND="Agg")
         self.results = {}
@@ -348,6 +349,10 @@ def test_readme_command(workspace, line, command):
     out = proc.stdout + proc.stderr
     cwd = workspace.cwd
 
+    # A normal run is quiet: no Keras warnings a user cannot act on, no TensorFlow notices.
+    for noise in ("`shuffle=True` was passed", "Skipping variable loading for optimizer",
+                  "absl::InitializeLog", "failed call to cuInit"):
+        assert noise not in out, f"README.md line {line}: {noise!r} in the output:\n{out[-1500:]}"
     if args[0] == "dmr-train":
         output = _option(args, "--output")
         if output is None:  # dmr-train's default, runs/MODEL-DATASET: it prints where

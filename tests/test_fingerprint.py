@@ -264,6 +264,22 @@ def test_cli_publish_takes_data_sha256(tmp_path, capsys):
     assert "published dmrnet_8_tiny.cli" in capsys.readouterr().out
     record = json.loads(manifest.read_text())["weights"]["dmrnet_8_tiny.cli"]
     assert record["provenance"]["data_sha256"] == "0" * 64 and record["fingerprint"]["values"]
+    assert record["provenance"]["train_time_from"] == "run"
+
+
+def test_publish_takes_the_training_time_of_a_partly_timed_run(tmp_path):
+    # A run resumed from checkpoints of a dmr-train that did not time epochs: the sum from
+    # its log is given, and the entry says so.
+    run = _finished_run(tmp_path / "run", zoo.create_model(KEY))
+    (run / "model.keras").unlink()
+    manifest, dest = tmp_path / "m.json", tmp_path / "w"
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        cli.publish(run, "t", manifest=manifest, dest=dest, train_time_s=-1.0)
+    assert cli.main(["publish", str(run), "--tag", "t", "--manifest", str(manifest),
+                     "--dest", str(dest), "--train-time-s", "12012.4"]) == 0
+    prov = json.loads(manifest.read_text())["weights"]["dmrnet_8_tiny.t"]["provenance"]
+    assert (prov["train_time_s"], prov["epochs_timed"], prov["train_time_from"]) == \
+        (12012.4, 3, "given")
 
 
 def _lines(out, kind):

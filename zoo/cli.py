@@ -1,7 +1,8 @@
 """`dmr-zoo`: browse the registry, fetch and verify weights, publish a training run, export.
 
     dmr-zoo list [PATTERN]                  a table of models (and their weight tags)
-    dmr-zoo info NAME                       the model card as JSON
+    dmr-zoo info NAME [--paths]             the model card as JSON (--paths: count the
+                                            paths from input to output; builds the model)
     dmr-zoo fetch NAME.TAG                  resolve a weights file (package, cache, mirror, URL)
     dmr-zoo verify [--deep]                 re-hash shipped and cached weights per key
                                             (--deep: and check each one's fingerprint)
@@ -43,7 +44,8 @@ def cmd_list(args) -> int:
 def cmd_info(args) -> int:
     from zoo.registry import model_info
 
-    print(json.dumps(model_info(args.name), indent=2))
+    # --paths: the paths from input to output, counted on the built model (imports Keras).
+    print(json.dumps(model_info(args.name, paths=getattr(args, "paths", False)), indent=2))
     return 0
 
 
@@ -181,7 +183,8 @@ def _cross_check_run(run: Path, fingerprint: dict, entry) -> None:
 
 
 def publish(run_dir, tag: str, *, manifest=None, dest=None, origin=None,
-            license: str = "MIT", data_sha256: str | None = None):
+            license: str = "MIT", data_sha256: str | None = None,
+            train_time_s: float | None = None):
     """Turn a finished ``dmr-train`` run into a weights manifest entry (and copy its weights).
 
     Reads ``RUN_DIR/metrics.json`` and ``RUN_DIR/model.weights.h5``; the entry records the
@@ -196,8 +199,11 @@ def publish(run_dir, tag: str, *, manifest=None, dest=None, origin=None,
       torch when that was the backend) of the environment that publishes, normally the one
       that trained (a ``versions`` object in ``metrics.json`` is used instead when present,
       ``versions_from`` says which); the run's ``backend``, ``wall_time_s``, ``epochs`` and
-      ``resumed_from_epoch``; and ``data_sha256`` when given (64 hex digits, the digest of the
-      training data, e.g. ``dmr_keras.data.content_sha256``).
+      ``resumed_from_epoch``; ``train_time_s``: the run's summed epoch times and how many
+      epochs they cover (``epochs_timed``), or ``train_time_s`` when given (a run whose first
+      epochs ran under a dmr-train that did not time them: the sum from its log), with
+      ``train_time_from`` saying which; and ``data_sha256`` when given (64 hex digits, the
+      digest of the training data, e.g. ``dmr_keras.data.content_sha256``).
     """
     from dmr_keras.training import head_classes_in_weights_file
     from zoo import weights as W
@@ -248,7 +254,16 @@ def publish(run_dir, tag: str, *, manifest=None, dest=None, origin=None,
         "wall_time_s": metrics.get("wall_time_s"),
         "epochs": metrics["epochs"],
         "resumed_from_epoch": metrics.get("resumed_from_epoch"),
+        "train_time_s": metrics.get("train_time_s"),
+        "epochs_timed": metrics.get("epochs_timed"),
+        "train_time_from": "run",
     }
+    if train_time_s is not None:
+        if not (isinstance(train_time_s, (int, float)) and train_time_s > 0):
+            raise ValueError(f"`train_time_s` must be a positive number of seconds. Received: "
+                             f"{train_time_s!r}")
+        provenance.update(train_time_s=round(float(train_time_s), 1),
+                          epochs_timed=metrics["epochs"], train_time_from="given")
     if data_sha256 is not None:
         provenance["data_sha256"] = data_sha256
     entry = dataclasses.replace(entry, fingerprint=fingerprint, provenance=provenance)
@@ -258,7 +273,8 @@ def publish(run_dir, tag: str, *, manifest=None, dest=None, origin=None,
 
 def cmd_publish(args) -> int:
     entry = publish(args.run_dir, args.tag, manifest=args.manifest, dest=args.dest,
-                    origin=args.origin, license=args.license, data_sha256=args.data_sha256)
+                    origin=args.origin, license=args.license, data_sha256=args.data_sha256,
+                    train_time_s=args.train_time_s)
     fp = entry.fingerprint
     print(f"published {entry.key}: {entry.file_name} sha256 {entry.sha256} "
           f"test_accuracy {entry.metrics['test_accuracy']:.4f}"
@@ -299,6 +315,10 @@ def build_parser():
     s.set_defaults(fn=cmd_list)
     s = sub.add_parser("info", help="model card (JSON)")
     s.add_argument("name")
+    s.add_argument("--paths", action="store_true",
+                   help="add a 'paths' section: number of paths from input to output, their "
+                        "lengths in blocks and convolutions, the critical path (builds the "
+                        "model)")
     s.set_defaults(fn=cmd_info)
     s = sub.add_parser("fetch", help="resolve and check a weights file")
     s.add_argument("key", help="NAME.TAG, e.g. dmrnet_8_tiny.digits")
@@ -324,6 +344,9 @@ def build_parser():
     s.add_argument("--license", default="MIT")
     s.add_argument("--data-sha256", default=None,
                    help="sha256 of the training data, recorded in the entry's provenance")
+    s.add_argument("--train-time-s", type=float, default=None,
+                   help="training time of all epochs in seconds, when the run did not time "
+                        "every epoch itself (e.g. summed from its log)")
     s.set_defaults(fn=cmd_publish)
     s = sub.add_parser("export", help="SavedModel / ONNX / TFLite, checked against Keras")
     s.add_argument("name", help="NAME or NAME.TAG")
@@ -336,7 +359,8 @@ def build_parser():
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("publish", "export") or (
-            args.command == "verify" and (args.deep or args.accuracy)):
+            args.command == "verify" and (args.deep or args.accuracy)) or (
+            args.command == "info" and args.paths):
         from dmr_keras.startup import start_backend
 
         start_backend()  # list, info, fetch and a plain verify never import Keras

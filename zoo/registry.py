@@ -313,7 +313,27 @@ def load_pretrained(model: keras.Model, variant: Variant, path, weight_classes: 
         raise ValueError(f"{path}: {err}") from None
 
 
-def model_info(name: str) -> dict:
+@functools.cache
+def _path_info(model_name: str) -> dict:
+    from dmr_keras.paths import path_statistics
+
+    return path_statistics(create_model(model_name))
+
+
+def path_info(name: str) -> dict:
+    """The paths from input to output of a registered variant (the paper's Claim 2), counted
+    on the graph of the model as built (:func:`dmr_keras.paths.path_statistics`): num_paths,
+    length_in_blocks and length_in_convs (mean, std, min, max), critical_path_convs and the
+    histograms. Builds the model (about a second for the 56-layer networks), once per process.
+    """
+    import copy
+
+    model_name, _ = split_name(name)
+    get_variant(model_name)
+    return copy.deepcopy(_path_info(model_name))
+
+
+def model_info(name: str, paths: bool = False) -> dict:
     """The model card of a registered variant, as a plain dict.
 
     Keys: name, description, params (trainable, paper convention), macs and flops per image,
@@ -322,6 +342,9 @@ def model_info(name: str) -> dict:
     them), and weights: for each tag, its dataset, measured metrics, input shape,
     preprocessing, the command that produced it and, where recorded, its provenance (package
     versions, wall time, the data's sha256).
+
+    With ``paths=True`` also ``paths``: :func:`path_info`, which builds the model (Keras);
+    without it the card is read from the table alone, without Keras.
     """
     model_name, _ = split_name(name)
     v = get_variant(model_name)
@@ -363,4 +386,6 @@ def model_info(name: str) -> dict:
     }
     if v.reference_params is not None:
         info["reference_params"] = v.reference_params
+    if paths:
+        info["paths"] = path_info(model_name)
     return info

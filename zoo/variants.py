@@ -77,6 +77,31 @@ VARIANTS: dict[str, Variant] = {
             macs=81_183_360,
             description="Small DMRNet-20 (3 blocks per stage) for demos and quick runs.",
         ),
+        # Issue 11's baselines at dmrnet_20's budget (543,834 parameters), 6 residual
+        # branches per stage each: DILNet-20 -0.5 %, ResNet-38 +3.7 %, DMRNet-14 K=3 -3.7 %.
+        Variant(
+            "dilnet_20",
+            dict(form="cifar", depth=20, width=1, num_branches=2, mapping="identity"),
+            params=541_082,
+            macs=80_921_216,
+            description="DILNet-20: one stream, 2 branches per block, identity mappings only "
+                        "(dmrnet_20's baseline).",
+        ),
+        Variant(
+            "resnet_38",
+            dict(form="cifar", depth=38, width=1, num_branches=1, mapping="resnet"),
+            params=564_122,
+            macs=83_280_512,
+            description="ResNet-38: 6 blocks per stage, dmrnet_20's parameter budget (+3.7 %).",
+        ),
+        Variant(
+            "dmrnet_14_k3",
+            dict(form="cifar", depth=14, width=1, num_branches=3, mapping="merge_and_run"),
+            params=523_546,
+            macs=79_086_208,
+            description="DMRNet-14 with K = 3 streams of 2 blocks per stage: dmrnet_20's "
+                        "parameter budget (-3.7 %).",
+        ),
         Variant(
             "dmrnet_14",
             dict(form="cifar", depth=14, width=1, num_branches=2, mapping="merge_and_run"),

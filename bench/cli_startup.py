@@ -74,12 +74,16 @@ def main(argv=None) -> int:
         results.append({"command": name, "before_s": times["before"], "after_s": times["after"],
                         "stderr_lines_before": info["before"][1],
                         "stderr_lines_after": info["after"][1], "exit_status": info["after"][0]})
-    print(f"machine: {json.dumps(machine())}")
+    from dmr_keras.startup import filtered_stderr
+
+    with filtered_stderr():  # machine() imports TensorFlow for its version
+        info = machine()
+    print(f"machine: {json.dumps(info)}")
     print(table(["command", "before s", "after s", "before/after", "stderr lines before",
                  "stderr lines after", "exit"], rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "repeats": args.repeats, "results": results}, f,
+            json.dump({"machine": info, "repeats": args.repeats, "results": results}, f,
                       indent=2)
     return 0
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import os
 
+from dmr_keras.startup import lazy_exports
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -36,15 +38,4 @@ if os.environ.get("DMR_KERAS_DEFER_IMPORTS") != "1":
     # `keras.saving.load_model` reads a checkpoint after a plain `import dmr_keras`.
     importlib.import_module("dmr_keras.training")
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dmr_keras' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("dmr_keras", _EXPORTS, globals())

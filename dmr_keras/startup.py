@@ -76,3 +76,35 @@ def start_backend(verbose: bool = False) -> None:
     import dmr_keras.layers  # noqa: F401  (registers the layers for load_model)
     import dmr_keras.models  # noqa: F401
     import dmr_keras.training  # noqa: F401  (the schedule and loss checkpoints are compiled with)
+
+
+def lazy_exports(package: str, exports: dict, namespace: dict):
+    """PEP 562 ``(__getattr__, __dir__)`` for ``package``: each name of ``exports`` (name ->
+    module) is imported from its module on first use and then kept in ``namespace`` (the
+    package's globals), so ``import package`` itself imports none of those modules."""
+    import importlib
+
+    def __getattr__(name: str):
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    def __dir__():
+        return sorted(set(namespace) | set(exports))
+
+    return __getattr__, __dir__
+
+
+def run_command(prog: str, fn, *args, **kwargs) -> int:
+    """``fn(*args, **kwargs)`` as a command's body: exit status 0, or, for a ``ValueError`` (a
+    bad argument, file or input) or an ``ImportError`` (a missing optional package), one line
+    ``prog: error: ...`` on stderr and exit status 2, as argparse does for its own errors."""
+    try:
+        fn(*args, **kwargs)
+    except (ValueError, ImportError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-import importlib
+from dmr_keras.startup import lazy_exports
 
 _EXPORTS = {
     "DMRHyperModel": "tuning.hypermodel",
@@ -30,14 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):  # PEP 562: keras-tuner is imported on first use, not by `dmr-tune -h`
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tuning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("tuning", _EXPORTS, globals())  # keras-tuner on first use

@@ -2,23 +2,13 @@
 
     dmr-tune --tuner random --dataset digits --max-trials 10 --epochs 3 --max-params 200000
 
-The same as a Python function: ``tuning.search.tune(dataset="digits", tuner="random", ...)``.
-
-Every argument is checked before any data is read or any model built. Each trial builds one
-configuration of :class:`tuning.DMRHyperModel` (blocks per stage n, width w, branches K, mapping,
-learning rate, weight decay, batch size), trains it for ``epochs`` epochs under the chosen
-distribution strategy and scores it by validation accuracy. Configurations over ``max_params``
-are skipped by the oracle: never built, never trained, never counted as failures, and listed as
-``skipped`` on the leaderboard. In ``DIRECTORY/PROJECT`` at the end: ``leaderboard.csv``,
-``leaderboard.json``, ``best.keras`` and its manifest ``best.json``, TensorBoard logs (``logs/``,
-one run per trial, with the HParams dashboard) and keras-tuner's state. Running the same command
-again after a kill continues the search: finished trials are not repeated.
+The command line only: its parser imports neither Keras nor keras-tuner, so ``dmr-tune --help``
+answers at once; the search is :func:`tuning.search.tune`, whose docstring says what it does.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 TUNERS = ("random", "bayesian", "hyperband")
 STRATEGIES = ("none", "auto", "mirrored")
@@ -72,14 +62,10 @@ def main(argv=None) -> int:
     from dmr_keras.startup import start_backend
 
     start_backend(verbose=kwargs["verbose"] >= 3)
+    from dmr_keras.startup import run_command
     from tuning.search import tune
 
-    try:
-        tune(kwargs.pop("dataset"), **kwargs)
-    except ValueError as err:
-        print(f"dmr-tune: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("dmr-tune", tune, kwargs.pop("dataset"), **kwargs)
 
 
 if __name__ == "__main__":

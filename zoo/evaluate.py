@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -344,32 +343,33 @@ def _read_model_list(path) -> list[str]:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        models = list(args.models)
-        if args.model_list:
-            models += _read_model_list(args.model_list)
-        if not models:
-            raise ValueError("Name at least one model (name.tag, run dir, file) or "
-                             "--model-list FILE.")
-        if args.results_file and Path(args.results_file).suffix not in (".csv", ".json"):
-            raise ValueError("--results-file must end in .csv or .json. Received: "
-                             f"{args.results_file}")
-        from dmr_keras.startup import start_backend
+    from dmr_keras.startup import run_command
 
-        start_backend()
-        rows = []
-        for m in models:
-            row = evaluate(m, args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
-                           split=args.split, limit=args.limit, arch=args.arch)
-            print(format_row(row), flush=True)
-            rows.append(row)
-        if args.results_file:
-            append_results(args.results_file, rows)
-            print(f"appended {len(rows)} result(s) to {args.results_file}")
-    except ValueError as err:
-        print(f"dmr-eval: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("dmr-eval", _main, args)
+
+
+def _main(args) -> None:
+    models = list(args.models)
+    if args.model_list:
+        models += _read_model_list(args.model_list)
+    if not models:
+        raise ValueError("Name at least one model (name.tag, run dir, file) or "
+                         "--model-list FILE.")
+    if args.results_file and Path(args.results_file).suffix not in (".csv", ".json"):
+        raise ValueError("--results-file must end in .csv or .json. Received: "
+                         f"{args.results_file}")
+    from dmr_keras.startup import start_backend
+
+    start_backend()
+    rows = []
+    for m in models:
+        row = evaluate(m, args.dataset, data_dir=args.data_dir, batch_size=args.batch_size,
+                       split=args.split, limit=args.limit, arch=args.arch)
+        print(format_row(row), flush=True)
+        rows.append(row)
+    if args.results_file:
+        append_results(args.results_file, rows)
+        print(f"appended {len(rows)} result(s) to {args.results_file}")
 
 
 if __name__ == "__main__":

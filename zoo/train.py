@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -507,15 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     kwargs = vars(args)
-    from dmr_keras.startup import start_backend
+    from dmr_keras.startup import run_command, start_backend
 
     start_backend(verbose=kwargs["verbose"] >= 3)
-    try:
-        train(kwargs.pop("model"), kwargs.pop("dataset"), **kwargs)
-    except ValueError as err:
-        print(f"dmr-train: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("dmr-train", train, kwargs.pop("model"), kwargs.pop("dataset"), **kwargs)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def test_model_info_card():
 
 
 def test_list_models_wildcards():
-    assert zoo.list_models("dilnet_*") == ["dilnet_56"]
+    assert zoo.list_models("dilnet_*") == ["dilnet_20", "dilnet_56"]
     assert zoo.list_models("*_imagenet") == ["dmrnet_44_imagenet", "dmrnet_50_imagenet",
                                              "resnet_101_imagenet"]
     assert zoo.list_models("nothing*") == []

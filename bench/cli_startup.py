@@ -74,8 +74,10 @@ def main(argv=None) -> int:
         results.append({"command": name, "before_s": times["before"], "after_s": times["after"],
                         "stderr_lines_before": info["before"][1],
                         "stderr_lines_after": info["after"][1], "exit_status": info["after"][0]})
+    os.environ["DMR_KERAS_DEFER_IMPORTS"] = "1"  # import the helper without Keras, as dmr_cli
     from dmr_keras.startup import filtered_stderr
 
+    os.environ.pop("DMR_KERAS_DEFER_IMPORTS")
     with filtered_stderr():  # machine() imports TensorFlow for its version
         info = machine()
     print(f"machine: {json.dumps(info)}")

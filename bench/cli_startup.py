@@ -57,9 +57,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--limit", type=int, default=None, help="only the first N commands")
     args = p.parse_args(argv)
     rows, results = [], []
-    for prog, fn, module, cmd_argv in COMMANDS:
+    for prog, fn, module, cmd_argv in COMMANDS[:args.limit]:
         times = {"before": [], "after": []}
         info = {}
         for _ in range(args.repeats):  # interleaved: before, after, before, after, ...

@@ -211,3 +211,15 @@ def test_input_pipeline_prints_pipeline_and_training_rates(tmp_path):
     (row,) = _table_rows(proc.stdout, "dmrnet_8_tiny ")
     ratio = pipe["images_per_s"] / run["images_per_s"]
     assert row.split("|")[3].strip() == f"{ratio:.1f}x"
+
+
+def test_cli_startup_times_before_and_after(tmp_path):
+    out = _run("cli_startup.py", "--repeats", "1", "--limit", "2", "--json",
+               str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| dmr-")]
+    assert [r.split("|")[1].strip() for r in rows] == ["dmr-train --help", "dmr-train --epochs x"]
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [r["exit_status"] for r in results] == [0, 2]  # --help, then an argument error
+    assert all(len(r["before_s"]) == len(r["after_s"]) == 1 for r in results)
+    assert results[0]["stderr_lines_after"] == 0  # no TensorFlow notice on --help

@@ -644,8 +644,7 @@ def _cifar_from_dir(name, data_dir, skip_corrupt=False, skipped=None):
         x_test, y_test, bad_test = _decode_items(test_items, 32)
         left_out = _left_out(root, bad_train + bad_test, skip_corrupt)
         if left_out:
-            _require_each_class(splits["train"], classes, y_train, left_out)
-            _require_each_class(splits["test"], classes, y_test, left_out)
+            _check_splits_left(root, splits, "test", classes, y_train, y_test, left_out)
             if skipped is not None:
                 skipped.extend(left_out)
         return x_train, y_train, x_test, y_test, classes, "folder"

@@ -261,11 +261,10 @@ def build_published(entry, path=None) -> keras.Model:
     from dmr_keras.models import build_model
     from zoo import weights as weights_lib
     from zoo.fingerprint import float32_policy
+    from zoo.weights_check import load_weights_checked
 
     variant = get_variant(entry.model)
     path = weights_lib.resolve(entry) if path is None else path
-    from zoo.weights_check import load_weights_checked
-
     with float32_policy():
         model = build_model(**_published_kwargs(variant, entry.classes, entry.input_shape))
     load_weights_checked(model, path)

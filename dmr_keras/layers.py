@@ -44,6 +44,22 @@ def conv_initializer():
     return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
 
 
+def own_initializer(initializer):
+    """A copy of ``initializer`` for one convolution, so that no two convolutions start equal.
+
+    A Keras 3 random initializer built without a seed fixes one when it is created and returns
+    the same values on every call: shared by the K branches of a block (and by the convolutions
+    inside a branch), it would start every branch with the same kernels, and the K streams of
+    a merge-and-run or identity block, which all start from the same input, would stay equal
+    for the whole of training (equal inputs, equal weights, equal gradients): the network would
+    train as a ResNet. Re-created from its config, an unseeded initializer draws a seed of its
+    own (from Python's ``random``, so ``keras.utils.set_random_seed`` still makes the model
+    reproducible). A seeded initializer keeps its seed, as Keras defines it: every convolution
+    then starts from the same values, which is what a seed asks for.
+    """
+    return initializer.__class__.from_config(initializer.get_config())
+
+
 def classifier_initializer():
     """fusenet's classifier init, MXNet ``Xavier(uniform, 'in', magnitude=1)``: U(+-sqrt(3/fan_in))
     (LeCun uniform; Keras' Dense default is Glorot uniform)."""
@@ -163,7 +179,7 @@ class _ConvBNStack(keras.layers.Layer):
                     strides=strides,
                     padding=padding,
                     use_bias=False,
-                    kernel_initializer=self.kernel_initializer,
+                    kernel_initializer=own_initializer(self.kernel_initializer),
                     kernel_regularizer=self.kernel_regularizer,
                     dtype=self.dtype_policy,
                     name=f"conv{i}",

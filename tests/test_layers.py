@@ -205,3 +205,32 @@ def test_wrong_stream_count_is_a_clear_error():
     x = keras.Input((8, 8, 4))
     with pytest.raises(ValueError, match="takes one tensor or a list of 3; received 2"):
         block([x, x])
+
+
+def test_branches_and_convolutions_start_from_their_own_weights():
+    """Every convolution of a block draws its own initial kernel. One shared unseeded Keras
+    initializer returns the same values on every call, which started the K branches equal:
+    then the K streams, fed the same stem output, stay equal for the whole of training and a
+    DMRNet trains as a ResNet. Same seed, same model: reproducibility is kept."""
+    from dmr_keras.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(blocks=(2, 1, 1), num_branches=3)
+    for name in ("stage1_block1", "stage2_block1"):
+        kernels = {w.path: np.asarray(w) for w in model.get_layer(name).weights
+                   if w.path.endswith("kernel")}
+        assert len(kernels) == (9 if name == "stage2_block1" else 6)  # 3x2 convs (+3 shortcuts)
+        values = list(kernels.items())
+        for i, (p, a) in enumerate(values):
+            for q, b in values[i + 1:]:
+                assert a.shape != b.shape or not np.allclose(a, b), (p, q)
+    # the streams leaving the first block differ (they all enter it as the stem's output)
+    streams = keras.Model(model.input, model.get_layer("stage1_block1").output)(
+        np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32"), training=False)
+    assert len(streams) == 3
+    s = [np.asarray(t) for t in streams]
+    assert not np.allclose(s[0], s[1]) and not np.allclose(s[1], s[2])
+    keras.utils.set_random_seed(0)
+    again = build_model(blocks=(2, 1, 1), num_branches=3)
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -33,8 +33,9 @@ setup(
     extras_require={
         "jax": ["jax"],
         "export": ["tf2onnx>=1.17", "onnx>=1.14", "onnxruntime>=1.13"],
+        "hub": ["keras-hub>=0.32"],
         "dev": ["pytest", "pytest-timeout", "jax", "tf2onnx>=1.17", "onnx>=1.14",
-                "onnxruntime>=1.13"],
+                "onnxruntime>=1.13", "keras-hub>=0.32"],
     },
     entry_points={
         "console_scripts": [

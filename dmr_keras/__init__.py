@@ -26,6 +26,9 @@ _EXPORTS = {
     "ResNet": "dmr_keras.models",
     "build_model": "dmr_keras.models",
     "stage_outputs": "dmr_keras.models",
+    "feature_info": "dmr_keras.features",
+    "features_model": "dmr_keras.features",
+    "pyramid_outputs": "dmr_keras.features",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -181,7 +181,9 @@ def build_model(
                 zero_init_last_bn, **regs)
     x = _top(x, include_top, pooling, classes, classifier_activation, **regs)
 
-    inputs = source_inputs if source_inputs is not None else img_input
+    inputs = img_input
+    if source_inputs is not None:  # a single input stays a tensor, not a list of one
+        inputs = source_inputs[0] if len(source_inputs) == 1 else source_inputs
     if name is None:
         name = f"{_PREFIX[mapping]}_{depth}"
     return keras.Model(inputs, x, name=name)

@@ -25,7 +25,7 @@ def test_every_variant_has_a_function_with_keras_signature():
         assert fn.__name__ == expected
         params = list(__import__("inspect").signature(fn).parameters)
         assert params == ["include_top", "weights", "input_tensor", "input_shape", "pooling",
-                          "classes", "classifier_activation", "name"]
+                          "classes", "classifier_activation", "name", "include_preprocessing"]
 
 
 @pytest.mark.parametrize("fn_name", sorted(APPLICATIONS))
@@ -64,8 +64,13 @@ def test_application_pooling_and_forward_pass():
                                             "`include_top=True`, `classes` should be 10"),
         (dict(weights="digits", classifier_activation="relu"),
          "Only `None` and `softmax` activations are allowed"),
-        (dict(weights="digits", include_top=False, input_shape=(32, 32, 1)),
-         "take 3-channel images"),
+        (dict(weights="digits", include_preprocessing=True, input_tensor=keras.Input((32, 32, 3))),
+         "include_preprocessing and input_tensor together"),
+        (dict(weights="digits", include_preprocessing={"mean": [0.5]}),
+         "needs 'mean' and 'std'"),
+        (dict(weights="digits", include_preprocessing={"mean": [0.5], "std": [0.2]}),
+         "needs 3 means and 3 positive stds"),
+        (dict(include_preprocessing="yes"), "`include_preprocessing` must be True, False, None"),
         (dict(input_shape=(2, 2, 3)), "smaller than form 'cifar' downsamples"),
         (dict(pooling="median", include_top=False), "`pooling` must be None, 'avg' or 'max'"),
     ],
@@ -82,8 +87,12 @@ def test_pretrained_weights_round_trip(tmp_path):
     y = np.asarray(model(x, training=False))
     path = tmp_path / "tiny.weights.h5"
     model.save_weights(path)
-    again = applications.DMRNet8Tiny(weights=str(path))
+    # a weights file does not say how to preprocess: the model's own data config does
+    again = applications.DMRNet8Tiny(weights=str(path),
+                                     include_preprocessing=zoo.data_config(model))
     np.testing.assert_allclose(np.asarray(again(x, training=False)), y, atol=1e-6)
+    with pytest.raises(ValueError, match="does not say how its training images were"):
+        applications.DMRNet8Tiny(weights=str(path), include_preprocessing=True)
     fresh = applications.DMRNet8Tiny()
     assert not np.allclose(np.asarray(fresh(x, training=False)), y, atol=1e-3)
     # backbone only: same features, any input size
@@ -114,7 +123,11 @@ def test_preprocess_and_decode_with_the_weights_card():
     mean = np.asarray(entry["preprocessing"]["mean"])
     std = np.asarray(entry["preprocessing"]["std"])
     np.testing.assert_allclose(x, (images[:8] - mean) / std, atol=1e-5)
-    preds = np.asarray(zoo.create_model(PRETRAINED)(x, training=False))
+    bare = zoo.create_model(PRETRAINED, include_preprocessing=False)
+    preds = np.asarray(bare(x, training=False))
+    # the default model carries the same preprocessing: raw pixels in, the same predictions
+    raw = np.asarray(zoo.create_model(PRETRAINED)(images[:8] * 255.0, training=False))
+    np.testing.assert_allclose(raw, preds, atol=1e-5)
     decoded = decode_predictions(preds, weights=PRETRAINED, top=3)
     assert len(decoded) == 8 and len(decoded[0]) == 3
     assert [d[0][0] for d in decoded] == list(np.argmax(preds, axis=1))

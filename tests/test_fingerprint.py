@@ -70,10 +70,15 @@ def test_shipped_entry_passes_its_fingerprint(entry):
     assert result["ok"] and result["difference"] < result["tolerance"] / 100
     assert result["tolerance"] == pytest.approx(1e-4 * np.max(np.abs(fp["values"])), rel=1e-3)
     # the logits come from the head whatever its activation: softmax or None give one answer
-    logits = applications.DMRNet8Tiny(weights="digits", classifier_activation=None)
+    logits = applications.DMRNet8Tiny(weights="digits", classifier_activation=None,
+                                      include_preprocessing=False)
     x = reference_inputs(entry.input_shape, entry.preprocessing)
     np.testing.assert_allclose(model_outputs(model, x)[0],
                                keras.ops.convert_to_numpy(logits(x, training=False)), atol=1e-4)
+    # a model with its preprocessing inside is fed the pixels that give x: the same logits
+    with_pre = applications.DMRNet8Tiny(weights="digits", classifier_activation=None)
+    np.testing.assert_allclose(model_outputs(with_pre, x)[0], model_outputs(model, x)[0],
+                               atol=1e-4)
     # recomputing gives the stored fingerprint (values rounded to 7 digits)
     again = compute_fingerprint(model, entry)
     assert again["indices"] == fp["indices"]

@@ -49,8 +49,12 @@ def test_the_weights_are_registered_with_their_provenance():
 def test_dmrnet20_cifar10_classifies_real_test_images():
     x, y = _test_images()
     model = DMRNet20(weights="cifar10")  # fingerprint checked on loading
-    probs = model.predict(preprocess_input(x, weights=KEY), batch_size=250, verbose=0)
+    probs = model.predict(x, batch_size=250, verbose=0)  # 0-255 pixels: preprocessing inside
     accuracy = float(np.mean(probs.argmax(axis=1) == y))
+    # the same weights without the preprocessing layers, fed preprocess_input's output
+    bare = DMRNet20(weights="cifar10", include_preprocessing=False)
+    np.testing.assert_allclose(
+        bare.predict(preprocess_input(x[:50], weights=KEY), verbose=0), probs[:50], atol=1e-5)
     stored = weights.load_manifest()[KEY].metrics["test_accuracy"]
     # 1,000 of the 10,000 images the stored figure was measured on: binomial standard error
     # sqrt(p (1 - p) / 1000) is about 1 point, so 4 points is a 4-sigma band.
@@ -63,7 +67,7 @@ def test_dmrnet20_cifar10_classifies_real_test_images():
 def test_forgetting_the_0_255_scale_is_warned_and_wrong():
     x, y = _test_images()
     x, y = x[::10], y[::10]  # 100 images, 10 per class
-    model = DMRNet20(weights="cifar10")
+    model = DMRNet20(weights="cifar10", include_preprocessing=False)
     with pytest.warns(UserWarning, match="multiply by 255"):
         wrong = preprocess_input(x / 255.0, weights=KEY)
     accuracy = float(np.mean(model.predict(wrong, verbose=0).argmax(axis=1) == y))

@@ -1,17 +1,22 @@
 """keras.applications-style functions for every registered variant, generated from the table.
 
 ``DMRNet56(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-classes=None, classifier_activation="softmax", name="dmrnet_56")`` and one such function per
-variant (``DMRNet32W4``, ``DILNet56``, ``ResNet110``, ``DMRNet38K3``, ``DMRNet44ImageNet``,
-``DMRNet50ImageNet``, ``ResNet101ImageNet``, ...), with keras.applications' errors:
-``ValueError`` for unknown weights, a pretrained head with another class count, a classifier
-activation other than softmax/None on a pretrained head, and a channel count the weights cannot
-take. ``classes=None`` means the weights' class count, or the form's default (10 for CIFAR
-forms, 1000 for ImageNet) without weights. :func:`preprocess_input` and
-:func:`decode_predictions` use the preprocessing and class names stored with each weights entry;
-:func:`preprocess_input` warns when its input does not look like 0-255 pixels.
-:func:`digits_to_images` turns scikit-learn's 8x8 digits into the 32x32x3 0-255 pixels that
-:func:`preprocess_input` takes (``dmrnet_8_tiny.digits``).
+classes=None, classifier_activation="softmax", name="dmrnet_56", include_preprocessing=None)``
+and one such function per variant (``DMRNet32W4``, ``DILNet56``, ``ResNet110``, ``DMRNet38K3``,
+``DMRNet44ImageNet``, ``DMRNet50ImageNet``, ``ResNet101ImageNet``, ...), with
+keras.applications' errors: ``ValueError`` for unknown weights, a pretrained head with another
+class count, a classifier activation other than softmax/None on a pretrained head.
+``classes=None`` means the weights' class count, or the form's default (10 for CIFAR forms,
+1000 for ImageNet) without weights. Pretrained weights take any channel count
+(``input_shape=(32, 32, 1)``: the stem kernel is adapted, timm style).
+
+With weights given by tag the model takes 0-255 pixels (``include_preprocessing``, on by default
+then, as in keras.applications' EfficientNetV2 and ConvNeXt): pass raw images.
+:func:`preprocess_input` is for a model built with ``include_preprocessing=False``: it applies
+the normalisation stored with the weights entry, and warns when its input does not look like
+0-255 pixels. :func:`decode_predictions` gives the entry's class names. :func:`digits_to_images`
+turns scikit-learn's 8x8 digits into the 32x32x3 0-255 pixels these models take
+(``dmrnet_8_tiny.digits``).
 Weights given by tag are checked against the entry's fingerprint when loaded (one forward pass on
 4 reference inputs, :mod:`zoo.fingerprint`): a network that has drifted from the published one
 raises ``ValueError``.
@@ -64,10 +69,12 @@ def _make(variant_name: str):
         classes: int | None = None,
         classifier_activation="softmax",
         name: str = variant_name,
+        include_preprocessing=None,
     ):
         kwargs = dict(include_top=include_top, input_tensor=input_tensor,
                       input_shape=input_shape, pooling=pooling,
-                      classifier_activation=classifier_activation, name=name)
+                      classifier_activation=classifier_activation, name=name,
+                      include_preprocessing=include_preprocessing)
         if weights is not None:
             _, entry_classes, _ = resolve_weights(variant_name, weights)
             _check_pretrained_head(weights, include_top, classes, classifier_activation,
@@ -95,6 +102,9 @@ def _make(variant_name: str):
         classes: classifier outputs; ``None`` means the weights' (or the form's default).
         classifier_activation: ``"softmax"`` or ``None`` (logits) with pretrained weights.
         name: model name.
+        include_preprocessing: ``Rescaling`` + ``Normalization`` layers in front, so the
+            model takes 0-255 pixels; ``None`` means on with weights given by tag, off
+            otherwise (``zoo.create_model`` has the details).
 
     Returns:
         A ``keras.Model``.

@@ -8,6 +8,8 @@
                                             (--deep: and check each one's fingerprint)
     dmr-zoo publish RUN_DIR --tag TAG       a finished dmr-train run -> a manifest entry
     dmr-zoo export NAME[.TAG] --format saved_model|onnx|tflite --output PATH
+    dmr-zoo preset NAME.TAG DIR [--overwrite]
+                                            a keras-hub preset of the weights (hub extra)
 """
 
 from __future__ import annotations
@@ -292,18 +294,33 @@ def cmd_export(args) -> int:
 
     from dmr_keras.digits import load_digits_images
     from zoo.export import export_model, run_exported
+    from zoo.preprocessing import model_preprocessing
     from zoo.registry import create_model
 
-    model = create_model(args.name)
+    model = create_model(args.name)  # with weights by tag: takes 0-255 pixels
     path = export_model(model, args.output, args.format)
     shape = model.input_shape[1:]
     x = load_digits_images()[0][:4]
     if tuple(shape) != x.shape[1:]:
         x = np.random.default_rng(0).random((4, *[s or 32 for s in shape])).astype("float32")
+    if model_preprocessing(model) is not None:
+        x = x * np.float32(255)  # [0, 1] -> the 0-255 pixels the model takes
     want = np.asarray(model(x, training=False))
     got = run_exported(path, args.format, x)
     print(f"exported {args.name} to {path} ({args.format}); max abs difference from Keras on "
           f"4 images: {float(np.max(np.abs(got - want))):.2e}")
+    return 0
+
+
+def cmd_preset(args) -> int:
+    from zoo.hub import check_preset, save_preset  # ImportError naming the extra without it
+
+    path = save_preset(args.key, args.directory, overwrite=args.overwrite)
+    files = sorted(p.name for p in path.iterdir() if p.is_file())
+    diff = check_preset(path, args.key)
+    print(f"wrote the keras-hub preset of {args.key} to {path} ({', '.join(files)}); loaded "
+          "back with keras_hub.models.ImageClassifier.from_preset, max abs difference from "
+          f"zoo.create_model on 4 images: {diff:.2e}. Load it after `import zoo.hub`.")
     return 0
 
 
@@ -353,12 +370,18 @@ def build_parser():
     s.add_argument("--format", required=True, choices=["saved_model", "onnx", "tflite"])
     s.add_argument("--output", required=True)
     s.set_defaults(fn=cmd_export)
+    s = sub.add_parser("preset", help="a keras-hub preset of registered weights (hub extra)")
+    s.add_argument("key", help="NAME.TAG, e.g. dmrnet_20.cifar10")
+    s.add_argument("directory", help="where the preset goes (created; must be empty)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="write into a directory that is not empty (replaces the preset files)")
+    s.set_defaults(fn=cmd_preset)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("publish", "export") or (
+    if args.command in ("publish", "export", "preset") or (
             args.command == "verify" and (args.deep or args.accuracy)) or (
             args.command == "info" and args.paths):
         from dmr_keras.startup import start_backend

@@ -44,7 +44,7 @@ def _resolve(source: str, arch: str | None):
     manifest = load_manifest()
     if text in manifest:
         entry = manifest[text]
-        model = registry.create_model(text)
+        model = registry.create_model(text, include_preprocessing=False)  # data normalised
         pre = entry.preprocessing or {}
         return model, text, entry.dataset, {"mean": pre.get("mean"), "std": pre.get("std")}
     path = Path(text).expanduser()

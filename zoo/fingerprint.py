@@ -162,9 +162,18 @@ def _head(model):
 
 def model_outputs(model, x) -> tuple[np.ndarray, str]:
     """``(values, kind)`` on ``x`` in inference mode: ``kind`` is ``"logits"`` (the
-    ``predictions`` layer's kernel and bias on its input) or ``"outputs"``."""
+    ``predictions`` layer's kernel and bias on its input) or ``"outputs"``.
+
+    ``x`` is normalised input; a model that carries its own preprocessing layers
+    (``include_preprocessing``) gets the 0-255 pixels that its layers turn into ``x``."""
     import keras
 
+    from zoo.preprocessing import model_preprocessing
+
+    pre = model_preprocessing(model)
+    if pre is not None:
+        mean, std = (np.asarray(pre[k], "float64") for k in ("mean", "std"))
+        x = ((np.asarray(x, "float64") * std + mean) * 255.0).astype("float32")
     head = _head(model)
     with full_float32():
         if head is None:

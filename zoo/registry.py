@@ -187,7 +187,9 @@ def _load_local(path: Path, weights=None, overrides=None) -> keras.Model:
     return model
 
 
-def create_model(model_name: str, weights=None, **overrides) -> keras.Model:
+def create_model(model_name: str, weights=None, *, include_preprocessing=None,
+                 in_chans: int | None = None, features_only: bool = False, out_indices=None,
+                 stream_merge: str = "mean", **overrides) -> keras.Model:
     """Build a registered variant, optionally with pretrained weights (timm / keras-hub style).
 
     Args:
@@ -196,6 +198,19 @@ def create_model(model_name: str, weights=None, **overrides) -> keras.Model:
             manifest (``best.json`` from ``dmr-tune``) to load a saved model as it is.
         weights: ``None`` (random init), a registered tag, or a ``.weights.h5`` / ``.keras``
             file of the same architecture.
+        include_preprocessing: put ``Rescaling(1/255)`` + ``Normalization(mean, std**2)`` in
+            front of the network, so that the model (and its ``.keras`` file and exports) takes
+            0-255 pixels. ``None`` (default): on when weights are given by tag (with their
+            manifest's mean and std), off otherwise. ``True`` without weights uses the form's
+            dataset (CIFAR-10 / ImageNet); a dict ``{"mean": [...], "std": [...]}`` sets them.
+            :func:`zoo.data_config` tells which.
+        in_chans: input channels (timm's name; the last entry of ``input_shape``). With
+            pretrained weights the stem kernel is adapted (:func:`zoo.adapt_input_conv`: summed
+            for 1 channel, repeated and rescaled for more).
+        features_only: return a feature extractor instead of a classifier: one output per
+            level (``out_indices``; 0 is the stem, 1.. the stages), with ``model.feature_info``
+            (:func:`dmr_keras.features_model`). ``stream_merge`` (``"mean"``, ``"sum"`` or
+            ``"concat"``) says how a stage's K streams become one tensor.
         **overrides: :func:`dmr_keras.build_model` arguments (``classes``, ``include_top``,
             ``pooling``, ``input_shape``, ...). With weights and a class count other than the
             weights' (or ``include_top=False``), the backbone is loaded and a new head built.
@@ -212,8 +227,17 @@ def create_model(model_name: str, weights=None, **overrides) -> keras.Model:
     (None, 5)
     """
     if str(model_name).endswith((".keras", ".json")):
+        extra = {k: v for k, v in dict(include_preprocessing=include_preprocessing,
+                                        in_chans=in_chans, features_only=features_only or None,
+                                        out_indices=out_indices).items() if v is not None}
+        if extra:
+            raise ValueError(
+                f"{model_name} is a saved model: {', '.join(sorted(extra))} cannot apply to it. "
+                "Fix: create_model(NAME, weights=PATH_TO_WEIGHTS, ...) with its registered "
+                "architecture.")
         return _load_local(Path(model_name).expanduser(), weights, overrides)
     from dmr_keras.models import build_model
+    from zoo.preprocessing import preprocessing_layers, preprocessing_of
 
     base, tag = split_name(model_name)
     if tag is not None:
@@ -231,19 +255,54 @@ def create_model(model_name: str, weights=None, **overrides) -> keras.Model:
     kwargs = {**variant.config, "name": base, **overrides}
     if "blocks" in overrides and "depth" not in overrides:
         kwargs.pop("depth", None)
-    if weights is None:
-        return build_model(**kwargs)
+    form = variant.config["form"]
+    if features_only:
+        kwargs.update(include_top=False, pooling=None)
+    elif out_indices is not None:
+        raise ValueError("`out_indices` applies to features_only=True only. Received: "
+                         f"out_indices={out_indices!r}")
+    in_chans = _input_channels(kwargs, in_chans, form)
 
-    path, weight_classes, entry = resolve_weights(base, weights)
-    shape = kwargs.get("input_shape")
-    if shape is not None and shape[-1] != 3:
-        raise ValueError(
-            f"The weights {weights!r} take 3-channel images; input_shape={tuple(shape)!r} has "
-            f"{shape[-1]}. Use 3 channels or weights=None."
-        )
+    path = weight_classes = entry = None
+    if weights is not None:
+        path, weight_classes, entry = resolve_weights(base, weights)
+    pre = preprocessing_of(include_preprocessing, form=form, entry=entry,
+                           weights=None if entry is not None else weights, in_chans=in_chans)
+    if pre is not None:
+        if kwargs.get("input_tensor") is not None:
+            raise ValueError("include_preprocessing and input_tensor together: put your own "
+                             "preprocessing before input_tensor, or pass "
+                             "include_preprocessing=False.")
+        import keras
+
+        shape = tuple(kwargs.pop("input_shape", None) or _DEFAULTS[form]["input_shape"])
+        kwargs["input_tensor"] = preprocessing_layers(keras.Input(shape, name="input"), pre)
     model = build_model(**kwargs)
-    load_pretrained(model, variant, path, weight_classes, entry=entry)
+    if weights is not None:
+        load_pretrained(model, variant, path, weight_classes, entry=entry)
+    if features_only:
+        from dmr_keras.features import features_model
+
+        model = features_model(model, out_indices=out_indices, stream_merge=stream_merge,
+                               name=f"{base}_features")
     return model
+
+
+def _input_channels(kwargs: dict, in_chans, form: str) -> int:
+    """Reconcile ``in_chans`` with ``input_shape`` in ``kwargs`` (set there); the channels."""
+    shape = kwargs.get("input_shape")
+    if in_chans is None:
+        return int(shape[-1]) if shape is not None else 3
+    from dmr_keras.checks import integer
+
+    in_chans = integer("in_chans", in_chans, 1)
+    if shape is None:
+        shape = _DEFAULTS[form]["input_shape"]
+    elif shape[-1] != in_chans:
+        raise ValueError(f"in_chans={in_chans} contradicts input_shape={tuple(shape)!r} (its "
+                         "last entry is the channel count). Pass one of them.")
+    kwargs["input_shape"] = (*tuple(shape)[:-1], in_chans)
+    return in_chans
 
 
 def _published_kwargs(variant: Variant, classes: int, input_shape=None) -> dict:
@@ -306,10 +365,34 @@ def load_pretrained(model: keras.Model, variant: Variant, path, weight_classes: 
     if skip_head is None:
         skip_head = not ("predictions" in [layer.name for layer in model.layers]
                          and model.get_layer("predictions").units == weight_classes)
+    skip = ("predictions",) if skip_head else ()
+    stem = _stem_to_adapt(source, model)
     try:
-        return transfer_weights(source, model, skip=("predictions",) if skip_head else ())
+        copied = transfer_weights(source, model, skip=skip + (("stem_conv",) if stem else ()))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+    if stem:
+        from zoo.preprocessing import adapt_input_conv
+
+        kernel = source.get_layer("stem_conv").get_weights()[0]
+        model.get_layer("stem_conv").set_weights(
+            [adapt_input_conv(kernel, stem).astype(kernel.dtype)])
+        copied.append("stem_conv")
+    return copied
+
+
+def _stem_to_adapt(source, model) -> int | None:
+    """The channel count of ``model``'s stem when it differs from the weights' (else None)."""
+    names = {layer.name for layer in model.layers}
+    if "stem_conv" not in names:
+        return None
+    src, dst = source.get_layer("stem_conv"), model.get_layer("stem_conv")
+    if len(src.weights) != 1 or len(dst.weights) != 1:  # a stem with a bias: not ours
+        return None
+    s, d = tuple(src.weights[0].shape), tuple(dst.weights[0].shape)
+    if s[:2] != d[:2] or s[3:] != d[3:] or s[2] == d[2]:
+        return None
+    return int(d[2])
 
 
 @functools.cache

@@ -37,11 +37,13 @@ Datasets (``spec``):
   indices; hidden folders are ignored), images ``.jpg .jpeg .png .bmp .gif`` anywhere below each
   class folder. Each image is decoded with ``tf.io.decode_image(channels=3,
   expand_animations=False)``, resized (bilinear, aspect ratio not kept) to
-  ``image_size`` x ``image_size`` (default 32) and scaled to [0, 1]. Eval set: in each class, the
+  ``image_size`` x ``image_size`` (default 32) and scaled to [0, 1]; ``image_size="keep"``
+  keeps the images' own size instead (they must all have one size, which may be non-square; a
+  folder of mixed sizes is refused, naming them). Eval set: in each class, the
   sorted paths are permuted with ``numpy.random.RandomState(0)`` (independent of ``seed``) and
   the last ``round(validation_split * n)`` (at most ``n - 1``) are held out. Mean and std per
   channel are computed from the train images (in the same pass that checks every file).
-  Augmentation: pad by ``image_size // 8`` + random crop, no flip (the folder's content is
+  Augmentation: pad by a 1/8 of the side + random crop, no flip (the folder's content is
   unknown: text and digits are not mirror-invariant). Every file is decoded once before
   training: unreadable or corrupt images raise a ``ValueError`` listing all their paths
   (``load(..., skip_corrupt=True)``, ``dmr-train --skip-corrupt``: they are left out with one
@@ -64,11 +66,20 @@ std (0.1980, 0.2010, 0.1970); ImageNet mean (0.485, 0.456, 0.406) std (0.229, 0.
 The crop's padding is applied after normalisation, with zeros: the pad is the mean pixel, as in
 the reference code.
 
+The current recipe's augmentation, off by default (:mod:`dmr_keras.augment`): ``randaugment=M``
+applies RandAugment (2 operations at magnitude M of 10) to every train image in [0, 1], before
+normalisation and the crop (rotate, shear and translate move in the mean pixel);
+``mixup=ALPHA`` / ``cutmix=ALPHA`` mix every train batch (MixUp / CutMix, one of the two per
+batch when both are given). With mixing the train labels are one-hot float32 ``(B, classes)``,
+each row summing to 1; the eval labels stay int64. ``augment=False`` turns all three off.
+
 Reproducibility: with ``load(..., epochs=N, initial_epoch=E)`` the train dataset runs epochs
 ``E..N-1``; epoch ``e`` is permuted by a stateless shuffle seeded with ``(seed, e)`` (the whole
 set for the in-memory datasets; windows of the shuffle buffer for SVHN and ImageNet) and its
 i-th element is augmented by stateless random ops seeded with
-``fold_in(fold_in((seed, offset), e), i)``, with ``options.deterministic = True``. Nothing
+``fold_in(fold_in((seed, offset), e), i)`` (RandAugment from a third stream of that seed, MixUp
+/ CutMix of batch ``b`` of epoch ``e`` from ``fold_in(fold_in((seed, offset2), e), b)``), with
+``options.deterministic = True``. Nothing
 depends on the global random seed or on how often the pipeline was iterated: epoch ``e`` is the
 same whether the run started at 0 or resumed at ``e``, as resuming a killed run exactly needs.
 """
@@ -110,6 +121,9 @@ IMAGENET_IMAGE_SIZE = 224
 _CACHE_BYTES = 1 << 30
 # Seed offset of the augmentation stream, so it differs from the shuffle's.
 _AUGMENT_SEED_OFFSET = 1_000_003
+# Seed offset of the MixUp / CutMix stream (per batch).
+_MIX_SEED_OFFSET = 2_000_003
+KEEP = "keep"  # image_size: a folder's images keep their own size
 # The skip_corrupt warning names at most this many files (DataInfo.skipped holds them all).
 _SKIPPED_SHOWN = 20
 
@@ -233,22 +247,66 @@ def _scan_folder(root):
     return tuple(classes), files
 
 
-def _check_args(batch_size, validation_split, image_size):
+def _check_args(batch_size, validation_split):
     checks.integer("batch_size", batch_size, 1)
     if isinstance(validation_split, bool) or not isinstance(
             validation_split, (int, float, np.floating)) or not 0 < validation_split < 1:
         raise ValueError("`validation_split` must be a number strictly between 0 and 1. "
                          f"Received: validation_split={validation_split!r}")
-    checks.integer("image_size", image_size, 8, allow_none=True)
+
+
+def check_image_size(spec: str, image_size):
+    """``image_size`` checked against the dataset ``spec`` (a :func:`check_dataset` result):
+    None (the dataset's size), an integer >= 8, or ``"keep"``. ``folder:`` and
+    ``imagenet2012`` take any size, ``"keep"`` is for folders (their images' own size) and the
+    32x32 datasets (where it is 32); the 32x32 datasets take only 32. A folder also takes
+    ``(H, W)`` (a model's input, e.g. of a ``"keep"`` run of non-square images). Returns it
+    (32 for the 32x32 datasets' ``"keep"``; a tuple for a pair)."""
+    if isinstance(image_size, (tuple, list)) and spec.startswith(FOLDER_PREFIX):
+        if len(image_size) != 2 or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 8
+                for v in image_size):
+            raise ValueError("`image_size` as a pair must be (H, W), integers >= 8. "
+                             f"Received: image_size={image_size!r}")
+        return int(image_size[0]), int(image_size[1])
+    if image_size == KEEP:
+        if spec == "imagenet2012":
+            raise ValueError("imagenet2012's images are of many sizes, so `image_size='keep'` "
+                             f"cannot apply: pass a size (default {IMAGENET_IMAGE_SIZE}).")
+        return image_size if spec.startswith(FOLDER_PREFIX) else 32
+    if isinstance(image_size, bool) or not (
+            image_size is None or isinstance(image_size, (int, np.integer)) and image_size >= 8):
+        raise ValueError("`image_size` must be an integer >= 8, 'keep' (a folder's own size) "
+                         f"or None (the dataset's size). Received: image_size={image_size!r}")
+    if image_size not in (None, 32) and not (spec.startswith(FOLDER_PREFIX)
+                                             or spec == "imagenet2012"):
+        raise ValueError(f"{spec} images are 32x32: `image_size` must be None, 32 or 'keep'. "
+                         f"Received: {image_size!r}. Other sizes are for folder:PATH and "
+                         "imagenet2012.")
+    return image_size
+
+
+def check_recipe(randaugment=0.0, mixup=0.0, cutmix=0.0):
+    """The augmentation strengths of :func:`load`: ``randaugment`` 0 (off) or a magnitude in
+    (0, 10]; ``mixup``, ``cutmix`` 0 (off) or a Beta alpha > 0."""
+    from dmr_keras.augment import MAX_MAGNITUDE
+
+    checks.number("randaugment", randaugment, 0)
+    if randaugment > MAX_MAGNITUDE:
+        raise ValueError(f"`randaugment` is a magnitude in (0, {MAX_MAGNITUDE:g}] (0: off; "
+                         f"timm's rand-m9 is 9). Received: randaugment={randaugment!r}")
+    checks.number("mixup", mixup, 0)
+    checks.number("cutmix", cutmix, 0)
 
 
 # ---- public entry point -------------------------------------------------------------------------
 
 
 def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = None,
-         validation_split: float = 0.1, augment: bool = True, image_size: int | None = None,
-         epochs: int | None = None, initial_epoch: int = 0, eval_split: str | None = None,
-         skip_corrupt: bool = False,
+         validation_split: float = 0.1, augment: bool = True,
+         image_size: int | str | None = None, epochs: int | None = None,
+         initial_epoch: int = 0, eval_split: str | None = None, skip_corrupt: bool = False,
+         randaugment: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
          ) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
     """``(train, eval, info)`` for ``spec`` (see the module docstring).
 
@@ -263,7 +321,8 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
         validation_split: fraction of each class held out for eval (``folder:`` only).
         augment: augment the train set (False: train images are only normalised).
         image_size: side of the model's input; ``folder:`` (default 32) and ``imagenet2012``
-            (default 224) only; the 32x32 datasets accept None or 32.
+            (default 224) only; ``"keep"``: a folder's images keep their (common) size, and a
+            folder also takes ``(H, W)``; the 32x32 datasets accept None, 32 or ``"keep"``.
         epochs, initial_epoch: with ``epochs``, the train dataset holds epochs
             ``initial_epoch..epochs-1`` back to back, each ``train_examples // batch_size``
             batches whose order and augmentation depend only on ``(seed, epoch)``: pass it to
@@ -281,28 +340,42 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
             without splits they are left out before the held-out split is drawn, so the split
             is the one of the folder without them. A class (of any split) left with no image
             still raises.
+        randaugment: RandAugment magnitude (0 < M <= 10, 2 operations per image) on the train
+            images; 0: none.
+        mixup, cutmix: Beta alpha of MixUp / CutMix on the train batches; 0: none. With
+            either, the train labels are one-hot float32 ``(B, num_classes)``.
 
     Returns:
-        train and eval datasets of ``(float32 (B, H, W, 3), int64 (B,))`` and a ``DataInfo``.
+        train and eval datasets of ``(float32 (B, H, W, 3), int64 (B,))`` (train labels
+        one-hot float32 with mixing) and a ``DataInfo``.
     """
     spec = check_dataset(spec)
-    _check_args(batch_size, validation_split, image_size)
+    _check_args(batch_size, validation_split)
+    image_size = check_image_size(spec, image_size)
+    check_recipe(randaugment, mixup, cutmix)
     checks.choice("eval_split", eval_split, ("test", "val"), allow_none=True)
     _check_epochs(epochs, initial_epoch)
     seed = int(seed)
     run = dict(batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
-               initial_epoch=initial_epoch)
+               initial_epoch=initial_epoch, randaugment=float(randaugment) if augment else 0.0)
+    result = _load(spec, data_dir, validation_split, image_size, eval_split, skip_corrupt, run)
+    if augment and (mixup or cutmix):
+        train, test, info = result
+        train = _mix_batches(train, info, float(mixup), float(cutmix), **run)
+        result = train, test, info
+    return result
+
+
+def _load(spec, data_dir, validation_split, image_size, eval_split, skip_corrupt, run):
     if spec.startswith(FOLDER_PREFIX):
+        size = DEFAULT_FOLDER_IMAGE_SIZE if image_size is None else image_size
         return _warn_skipped(_load_folder(
-            spec[len(FOLDER_PREFIX):], validation_split, image_size or DEFAULT_FOLDER_IMAGE_SIZE,
-            eval_split=eval_split, skip_corrupt=bool(skip_corrupt), **run))
+            spec[len(FOLDER_PREFIX):], validation_split, size, eval_split=eval_split,
+            skip_corrupt=bool(skip_corrupt), **run))
     if eval_split not in (None, "test"):
         raise ValueError(f"{spec} has no validation split: `eval_split` must be 'test' (or None). "
                          f"Received: {eval_split!r}. To hold images out, train on a folder:PATH "
                          "with train/ and val/ sub-folders.")
-    if spec != "imagenet2012" and image_size not in (None, 32):
-        raise ValueError(f"{spec} images are 32x32: `image_size` must be None or 32. "
-                         f"Received: {image_size!r}")
     if spec == "digits":
         return _load_digits(**run)
     if spec in _CIFAR_CLASSES and data_dir is not None:
@@ -311,6 +384,36 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
         if arrays is not None:
             return _warn_skipped(_load_cifar_arrays(spec, arrays, skipped=tuple(skipped), **run))
     return _load_tfds(spec, data_dir, image_size, **run)
+
+
+def _mix_batches(train, info, mixup, cutmix, *, batch_size, seed, epochs, initial_epoch,
+                 **_):
+    """``train`` with one-hot labels and every batch mixed (:class:`augment.BatchMixer`).
+
+    Batch ``b`` of epoch ``e`` is mixed with the seed ``fold_in(fold_in((seed, offset), e),
+    b)``: with ``epochs``, the train dataset holds ``train_examples // batch_size`` batches per
+    epoch from ``initial_epoch`` on, so the k-th batch it yields is batch ``k % steps`` of epoch
+    ``initial_epoch + k // steps``. Without ``epochs``, each pass draws fresh seeds."""
+    from dmr_keras.augment import BatchMixer
+
+    mixer = BatchMixer(info.num_classes, mixup, cutmix)
+    fold = tf.random.experimental.stateless_fold_in
+    base = tf.constant([seed, _MIX_SEED_OFFSET], tf.int64)
+    if epochs is None:
+        keys = tf.data.Dataset.random(seed=seed + _MIX_SEED_OFFSET,
+                                      rerandomize_each_iteration=True)
+        mixed = tf.data.Dataset.zip((train, keys)).map(
+            lambda batch, key: mixer(batch[0], batch[1], fold(base, key)),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        steps = max(info.train_examples // batch_size, 1)
+
+        def fn(k, batch):
+            g = tf.cast(initial_epoch * steps, tf.int64) + k
+            return mixer(batch[0], batch[1], fold(fold(base, g // steps), g % steps))
+
+        mixed = train.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return _options(mixed.prefetch(tf.data.AUTOTUNE))
 
 
 def _check_epochs(epochs, initial_epoch):
@@ -429,11 +532,29 @@ def _pad_crop_augment(pad, flip):
     return fn
 
 
-def _train_transform(prepare, normalise, augment):
-    """``(x, seed) -> normalise(prepare(x))`` then ``augment`` (pad-crop-flip) if given."""
+def _train_transform(prepare, normalise, augment, randaugment=None):
+    """``(x, seed) -> normalise(prepare(x))`` then ``augment`` (pad-crop-flip) if given;
+    ``randaugment(image, seed)`` (:func:`_randaugment`) on the [0, 1] image before normalising,
+    from a seed stream of its own (so the crop and flip draws are those of a run without it)."""
     def fn(x, seed):
-        image = normalise(prepare(x))
+        image = prepare(x)
+        if randaugment is not None:
+            image = randaugment(image, tf.random.experimental.stateless_fold_in(seed, 2))
+        image = normalise(image)
         return augment(image, seed) if augment is not None else image
+
+    return fn
+
+
+def _randaugment(magnitude, mean):
+    """``(image, seed) -> RandAugment(image)`` at ``magnitude`` (None for 0), moving in the
+    ``mean`` pixel (after normalising: 0, the crop padding's colour)."""
+    if not magnitude:
+        return None
+    from dmr_keras.augment import randaugment
+
+    def fn(image, seed):
+        return randaugment(image, seed, magnitude=magnitude, fill=tuple(mean))
 
     return fn
 
@@ -450,7 +571,7 @@ def digits_split() -> tuple[np.ndarray, np.ndarray]:
     return perm[:n - DIGITS_TEST_EXAMPLES], perm[n - DIGITS_TEST_EXAMPLES:]
 
 
-def _load_digits(batch_size, seed, augment, epochs, initial_epoch):
+def _load_digits(batch_size, seed, augment, epochs, initial_epoch, randaugment=0.0):
     from dmr_keras.digits import load_digits_images
 
     images, labels = load_digits_images()
@@ -461,7 +582,8 @@ def _load_digits(batch_size, seed, augment, epochs, initial_epoch):
     std = tuple(float(s) for s in x_train.std(axis=(0, 1, 2), dtype="float64"))
     normalise = _normalise(mean, std)
     transform = _train_transform(tf.identity, normalise,
-                                 _pad_crop_augment(4, flip=False) if augment else None)
+                                 _pad_crop_augment(4, flip=False) if augment else None,
+                                 _randaugment(randaugment, mean))
     train = _finish_train(tf.data.Dataset.from_tensor_slices((x_train, y_train)), batch_size,
                           seed, len(x_train), transform, epochs, initial_epoch)
     test = _finish_eval(tf.data.Dataset.from_tensor_slices((x_test, y_test)), batch_size,
@@ -677,13 +799,13 @@ def _cifar_from_dir(name, data_dir, skip_corrupt=False, skipped=None):
 
 
 def _load_cifar_arrays(name, arrays, batch_size, seed, augment, epochs, initial_epoch,
-                       skipped=()):
+                       skipped=(), randaugment=0.0):
     x_train, y_train, x_test, y_test, classes, source = arrays
     spec = _TFDS[name]
     train, test = _array_datasets(
         x_train, y_train, x_test, y_test, mean=spec.mean, std=spec.std, pad=4, flip=True,
         batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
-        initial_epoch=initial_epoch)
+        initial_epoch=initial_epoch, randaugment=randaugment)
     info = DataInfo(name, _CIFAR_CLASSES[name], (32, 32, 3), len(y_train), len(y_test),
                     tuple(classes), tuple(spec.mean), tuple(spec.std), "test", source,
                     tuple(skipped))
@@ -705,7 +827,7 @@ def _split_examples(info, splits, dataset):
         return n
 
 
-def _imagenet_train_fn(size, normalise):
+def _imagenet_train_fn(size, normalise, randaugment=None):
     def fn(encoded, seed):
         box_seed, flip_seed = _element_seeds(seed)
         shape = tf.image.extract_jpeg_shape(encoded)
@@ -716,7 +838,10 @@ def _imagenet_train_fn(size, normalise):
         window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
         image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
         image = tf.image.resize(image, [size, size], antialias=True) / 255.0
-        return normalise(tf.image.stateless_random_flip_left_right(image, seed=flip_seed))
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        if randaugment is not None:
+            image = randaugment(image, tf.random.experimental.stateless_fold_in(seed, 2))
+        return normalise(image)
 
     return fn
 
@@ -747,7 +872,8 @@ def _imagenet_download_config(data_dir):
     return tfds.download.DownloadConfig(manual_dir=manual)
 
 
-def _load_tfds(name, data_dir, image_size, batch_size, seed, augment, epochs, initial_epoch):
+def _load_tfds(name, data_dir, image_size, batch_size, seed, augment, epochs, initial_epoch,
+               randaugment=0.0):
     import tensorflow_datasets as tfds
 
     spec = _TFDS[name]
@@ -777,7 +903,7 @@ def _load_tfds(name, data_dir, image_size, batch_size, seed, augment, epochs, in
             return _imagenet_eval_image(encoded, size)
 
         if augment:
-            transform = _imagenet_train_fn(size, normalise)
+            transform = _imagenet_train_fn(size, normalise, _randaugment(randaugment, spec.mean))
         else:
             transform = _train_transform(to_float, normalise, None)
     else:
@@ -789,7 +915,8 @@ def _load_tfds(name, data_dir, image_size, batch_size, seed, augment, epochs, in
         pad_crop = None
         if augment and spec.augment == "pad_crop_flip":
             pad_crop = _pad_crop_augment(4, flip=True)
-        transform = _train_transform(to_float, normalise, pad_crop)
+        transform = _train_transform(to_float, normalise, pad_crop,
+                                     _randaugment(randaugment if augment else 0, spec.mean))
         if spec.cache_train:
             train = train.cache()
         test = test.cache()
@@ -820,17 +947,19 @@ def _fingerprint(paths) -> str:
     return h.hexdigest()
 
 
-def decode_images(paths, size: int) -> tuple[np.ndarray, list]:
-    """Every file of ``paths`` decoded once, in parallel, into ``(uint8 (N, size, size, 3),
-    bad paths)``; images of another size are resized (bilinear, antialiased). A file that fails
-    to read or decode is listed in ``bad`` (its row is zeros).
+def decode_images(paths, size) -> tuple[np.ndarray, list]:
+    """Every file of ``paths`` decoded once, in parallel, into ``(uint8 (N, H, W, 3), bad
+    paths)`` (``size``: ``H = W = size``, or ``(H, W)``); images of another size are resized
+    (bilinear, antialiased). A file that fails to read or decode is listed in ``bad`` (its row
+    is zeros).
 
     Kept in memory for the process, keyed by the files' paths, sizes and modification times, so
     that the precise-BN pass, evaluation and a second ``load`` do not decode again (CIFAR-10:
     60,000 JPEGs in about 3 s on 2 cores, 180 MB of uint8).
     """
     paths = [str(p) for p in paths]
-    key = (_fingerprint(paths), int(size))
+    h, w = _hw(size)
+    key = (_fingerprint(paths), (h, w))
     if key in _DECODED:
         return _DECODED[key]
 
@@ -838,15 +967,15 @@ def decode_images(paths, size: int) -> tuple[np.ndarray, list]:
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
         resized = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
-            tf.cast(image, tf.float32), [size, size], antialias=True)), 0, 255), tf.uint8)
-        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size]))
-        return index, tf.cond(same, lambda: tf.ensure_shape(image, [size, size, 3]),
+            tf.cast(image, tf.float32), [h, w], antialias=True)), 0, 255), tf.uint8)
+        same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [h, w]))
+        return index, tf.cond(same, lambda: tf.ensure_shape(image, [h, w, 3]),
                               lambda: resized)
 
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype="int64"), paths))
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.ignore_errors(log_warning=False).batch(1024).prefetch(tf.data.AUTOTUNE)
-    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    images = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
     good = np.zeros(len(paths), dtype=bool)
     for index, batch in ds.as_numpy_iterator():
         images[index] = batch
@@ -913,7 +1042,7 @@ def _warn_skipped(result):
 
 
 def _array_datasets(x_train, y_train, x_eval, y_eval, *, mean, std, pad, flip, batch_size, seed,
-                    augment, epochs, initial_epoch):
+                    augment, epochs, initial_epoch, randaugment=0.0):
     """Train and eval pipelines over in-memory uint8 images (the whole train set shuffled)."""
     normalise = _normalise(mean, std)
 
@@ -924,7 +1053,8 @@ def _array_datasets(x_train, y_train, x_eval, y_eval, *, mean, std, pad, flip, b
         return normalise(to_float(x))
 
     transform = _train_transform(to_float, normalise,
-                                 _pad_crop_augment(pad, flip) if augment else None)
+                                 _pad_crop_augment(pad, flip) if augment else None,
+                                 _randaugment(randaugment, mean))
     train = _finish_train(tf.data.Dataset.from_tensor_slices((x_train, y_train)), batch_size,
                           seed, max(len(y_train), 1), transform, epochs, initial_epoch)
     test = _finish_eval(tf.data.Dataset.from_tensor_slices((x_eval, y_eval)), batch_size, eval_fn)
@@ -1033,13 +1163,55 @@ def _drop_unreadable(root, class_names, files, size, in_memory):
     return files, skipped, decoded
 
 
+def _hw(size) -> tuple[int, int]:
+    """``(H, W)`` of an image size: an integer (square) or a pair."""
+    if isinstance(size, (tuple, list)):
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
 def _decode_resize(path, size):
+    h, w = _hw(size)
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     image = tf.cast(image, tf.float32) / 255.0
-    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size]))
-    return tf.cond(same, lambda: tf.ensure_shape(image, [size, size, 3]), lambda: tf.clip_by_value(
-        tf.image.resize(image, [size, size], antialias=True), 0.0, 1.0))
+    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [h, w]))
+    return tf.cond(same, lambda: tf.ensure_shape(image, [h, w, 3]), lambda: tf.clip_by_value(
+        tf.image.resize(image, [h, w], antialias=True), 0.0, 1.0))
+
+
+def folder_image_size(root, paths) -> tuple[int, int]:
+    """``(H, W)`` shared by the image files ``paths`` of the folder ``root`` (read from their
+    headers with Pillow; unreadable files are left to the decoding, which reports them). A
+    folder of several sizes raises a ``ValueError`` naming the most common sizes and the fix
+    (``image_size=N``)."""
+    import collections
+    import concurrent.futures
+
+    from PIL import Image
+
+    def size_of(path):
+        try:
+            with Image.open(path) as im:
+                return im.size[1], im.size[0]
+        except Exception:  # noqa: BLE001 - any unreadable file is reported by the decoding
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(size_of, paths))
+    counts = collections.Counter(s for s in sizes if s is not None)
+    if not counts:  # nothing readable: the decoding reports every file
+        return DEFAULT_FOLDER_IMAGE_SIZE, DEFAULT_FOLDER_IMAGE_SIZE
+    if len(counts) > 1:
+        example = {s: p for p, s in zip(paths, sizes) if s is not None}
+        shown = "; ".join(f"{h}x{w} (H x W): {n} file(s), e.g. {example[(h, w)]}"
+                          for (h, w), n in counts.most_common(3))
+        more = f"; and {len(counts) - 3} more sizes" if len(counts) > 3 else ""
+        raise ValueError(f"`image_size='keep'`: the images of {root} are not all one size "
+                         f"({len(counts)} sizes: {shown}{more}). Pass an image size "
+                         "(dmr-train --image-size N, load(..., image_size=N)) to resize them "
+                         "all to N x N.")
+    return next(iter(counts))
 
 
 def _scan_images(paths, is_train, size):
@@ -1076,12 +1248,14 @@ def _scan_images(paths, is_train, size):
 
 
 def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs, initial_epoch,
-                 eval_split=None, skip_corrupt=False):
+                 eval_split=None, skip_corrupt=False, randaugment=0.0):
     splits = split_folders(root)
     skipped, decoded = (), None
     if splits is not None:
         eval_name = eval_split_of(splits, eval_split)
         class_names, train_items, eval_items = _split_items(splits, None, eval_name)
+        if size == KEEP:
+            size = folder_image_size(root, [p for p, _ in train_items + eval_items])
         in_memory = _fits_in_memory(len(train_items) + len(eval_items), size)
     else:
         if eval_split not in (None, "val"):
@@ -1090,6 +1264,8 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
                              "of each class ('val').")
         eval_name = "val"
         class_names, files = _scan_folder(root)
+        if size == KEEP:
+            size = folder_image_size(root, [p for class_files in files for p in class_files])
         in_memory = _fits_in_memory(sum(len(f) for f in files), size)
         if skip_corrupt:
             # Left out before the split: the split is the folder's without those files.
@@ -1099,7 +1275,8 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
             raise ValueError(f"Dataset folder {root}: `validation_split={validation_split}` "
                              f"holds out no image ({len(train_items)} images). Raise it or add "
                              "images.")
-    pad = max(size // 8, 1)
+    h, w = _hw(size)
+    pad = max(min(h, w) // 8, 1)
     if in_memory:
         # Decoded once into uint8 (and kept for the process): no epoch decodes again.
         x_train, y_train, bad_train = _decode_items(train_items, size, decoded)
@@ -1113,7 +1290,7 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
         train, test = _array_datasets(
             x_train, y_train, x_eval, y_eval, mean=mean, std=std, pad=pad, flip=False,
             batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
-            initial_epoch=initial_epoch)
+            initial_epoch=initial_epoch, randaugment=randaugment if augment else 0.0)
     else:
         # Too big for memory: every file is checked once, then decoded every epoch after the
         # shuffle (which holds paths, not images).
@@ -1139,12 +1316,13 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
                 ([p for p, _ in items], np.array([y for _, y in items], dtype="int64")))
 
         pad_crop = _pad_crop_augment(pad, flip=False) if augment else None
-        transform = _train_transform(decode, normalise, pad_crop)
+        transform = _train_transform(decode, normalise, pad_crop,
+                                     _randaugment(randaugment if augment else 0, mean))
         train = _finish_train(items_dataset(train_items), batch_size, seed, len(train_items),
                               transform, epochs, initial_epoch)
         test = _finish_eval(items_dataset(eval_items), batch_size,
                             lambda p: normalise(decode(p)))
-    info = DataInfo(FOLDER_PREFIX + root, len(class_names), (size, size, 3), n_train, n_eval,
+    info = DataInfo(FOLDER_PREFIX + root, len(class_names), (h, w, 3), n_train, n_eval,
                     class_names, mean, std, eval_name, "folder", skipped)
     return train, test, info
 
@@ -1159,5 +1337,7 @@ def _check_splits_left(root, splits, eval_name, class_names, y_train, y_eval, le
 
 
 def _fits_in_memory(n, size):
-    """Whether ``n`` decoded images of ``size`` x ``size`` are kept in memory (else streamed)."""
-    return n * size * size * 3 <= _CACHE_BYTES
+    """Whether ``n`` decoded images of ``size`` (a side or ``(H, W)``) are kept in memory (else
+    streamed)."""
+    h, w = _hw(size)
+    return n * h * w * 3 <= _CACHE_BYTES

@@ -2,9 +2,12 @@
 
 - :func:`learning_rate_schedule`: ``paper`` (x0.1 at 1/2, 3/4 and 7/8 of training, the
   reference CIFAR recipe; every 30 epochs for ImageNet) or ``cosine``.
-- :func:`make_optimizer`: SGD, Nesterov momentum 0.9.
+- :func:`make_optimizer`: SGD, Nesterov momentum 0.9 (the paper's), or :class:`AdamW`
+  (decoupled weight decay); either with an exponential moving average of the weights.
 - :func:`kernel_weight_decay`: weight decay on convolution and dense kernels only, as an L2 loss
-  ``(wd / 2) * ||w||^2`` whose gradient is ``wd * w``: what MXNet's ``wd`` does.
+  ``(wd / 2) * ||w||^2`` whose gradient is ``wd * w``: what MXNet's ``wd`` does (SGD only).
+- :func:`make_loss`, :func:`make_metrics`: cross-entropy (integer or soft labels, label
+  smoothing), accuracy and top-5.
 - :class:`EpochCheckpoint`: after every epoch, the whole model (weights, optimizer state, step)
   as ``.keras`` plus a small JSON state, each written atomically; :func:`latest_checkpoint`
   finds the newest complete one.
@@ -28,6 +31,7 @@ from dmr_keras import checks
 from dmr_keras.atomic import atomic_path, write_json
 
 SCHEDULES = ("paper", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
 CHECKPOINT_STATE = "checkpoint.json"
 
 
@@ -133,17 +137,105 @@ class SparseCrossentropy(keras.losses.Loss):
                 "from_logits": self.from_logits}
 
 
-def make_loss(label_smoothing: float = 0.0) -> keras.losses.Loss:
+def make_loss(label_smoothing: float = 0.0, soft_labels: bool = False) -> keras.losses.Loss:
     """The training loss on softmax outputs: Keras' sparse cross-entropy, or
-    :class:`SparseCrossentropy` when ``label_smoothing`` > 0."""
+    :class:`SparseCrossentropy` when ``label_smoothing`` > 0. ``soft_labels`` (the one-hot or
+    mixed labels of MixUp / CutMix): Keras' ``CategoricalCrossentropy`` with the smoothing
+    (the target is ``(1 - label_smoothing) * labels + label_smoothing / classes``)."""
+    if soft_labels:
+        checks.number("label_smoothing", label_smoothing, 0)
+        return keras.losses.CategoricalCrossentropy(label_smoothing=float(label_smoothing))
     if label_smoothing:
         return SparseCrossentropy(label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy()
 
 
-def make_optimizer(schedule) -> keras.optimizers.Optimizer:
-    """SGD with Nesterov momentum 0.9 (the reference recipe)."""
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
+def make_metrics(num_classes: int, soft_labels: bool = False) -> list:
+    """``accuracy`` (top-1) and, with more than 5 classes, ``top5``; for integer labels, or for
+    one-hot / mixed ``soft_labels`` (then measured against each label's largest entry)."""
+    if soft_labels:
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        top5 = keras.metrics.TopKCategoricalAccuracy
+    else:
+        metrics = ["accuracy"]
+        top5 = keras.metrics.SparseTopKCategoricalAccuracy
+    if num_classes > 5:
+        metrics.append(top5(k=5, name="top5"))
+    return metrics
+
+
+# Trainable variables that are not convolution or dense kernels (bias, BN gamma and beta):
+# what weight_decay_scope="kernels" leaves out of AdamW's decay. Matched (re.search) against
+# the name of the backend variable: "kernel" here, "kernel:0" or "kernel/replica_1:0" in
+# TensorFlow, whose optimizer passes its tf.Variable.
+_NOT_A_KERNEL = r"^(?!.*kernel(?:[:/][^/]*)*$)"
+
+
+@keras.saving.register_keras_serializable(package="dmr_keras")
+class AdamW(keras.optimizers.AdamW):
+    """Keras' ``AdamW`` (decoupled weight decay, Loshchilov & Hutter, 2019: each step
+    ``w -= lr * weight_decay * w`` besides the Adam update, as PyTorch's AdamW), with the
+    decay's scope saved in its config: ``kernels_only=True`` decays convolution and dense
+    kernels only (``exclude_from_weight_decay`` alone is lost when a model is saved and cannot
+    be set again on a loaded, built optimizer)."""
+
+    def __init__(self, *args, kernels_only: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kernels_only = bool(kernels_only)
+        if self.kernels_only:
+            self.exclude_from_weight_decay(var_names=[_NOT_A_KERNEL])
+
+    def get_config(self):
+        return {**super().get_config(), "kernels_only": self.kernels_only}
+
+
+def make_optimizer(schedule, name: str = "sgd", *, weight_decay: float = 0.0,
+                   weight_decay_scope: str = "all", ema: float = 0.0
+                   ) -> keras.optimizers.Optimizer:
+    """The optimizer of a run, on the learning-rate ``schedule`` (or a number).
+
+    ``sgd``: SGD with Nesterov momentum 0.9 (the reference recipe); its weight decay is the
+    models' L2 regulariser (:func:`kernel_weight_decay`), so ``weight_decay`` must be 0 here.
+    ``adamw``: :class:`AdamW` with decoupled ``weight_decay`` (scaled by the learning rate, as
+    in PyTorch) on every trainable variable (``weight_decay_scope="all"``) or on kernels only
+    (``"kernels"``); the model then carries no L2 term. ``ema`` > 0: the optimizer also keeps
+    an exponential moving average of the trainable weights with that momentum (Keras'
+    ``use_ema``; the average is part of the optimizer's saved state), which
+    ``optimizer.finalize_variable_values`` (and the end of ``fit``) copies into the model.
+    """
+    checks.choice("optimizer", name, OPTIMIZERS)
+    checks.number("weight_decay", weight_decay, 0)
+    check_ema(ema)
+    averaging = dict(use_ema=True, ema_momentum=float(ema)) if ema else {}
+    if name == "sgd":
+        if weight_decay:
+            raise ValueError("SGD's weight decay is the models' L2 regulariser "
+                             "(kernel_weight_decay); pass weight_decay=0 to make_optimizer. "
+                             f"Received: weight_decay={weight_decay!r}")
+        return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True,
+                                    **averaging)
+    return AdamW(learning_rate=schedule, weight_decay=float(weight_decay),
+                 kernels_only=weight_decay_scope == "kernels", **averaging)
+
+
+def ema_weights(optimizer) -> list | None:
+    """The moving averages an ``ema`` optimizer keeps, as arrays in the order of the model's
+    ``trainable_weights`` (None without EMA, or before the optimizer's first step). A
+    ``LossScaleOptimizer`` (mixed_float16) is looked through."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    averages = getattr(inner, "_model_variables_moving_average", None)
+    if not getattr(inner, "use_ema", False) or not averages:
+        return None
+    return [keras.ops.convert_to_numpy(v) for v in averages]
+
+
+def check_ema(ema) -> float:
+    """``ema``: 0 (no average) or a momentum in (0, 1)."""
+    checks.number("ema", ema, 0)
+    if ema >= 1:
+        raise ValueError("`ema` is the momentum of the weights' moving average, in (0, 1) "
+                         f"(e.g. 0.999), or 0 for none. Received: ema={ema!r}")
+    return float(ema)
 
 
 def kernel_weight_decay(weight_decay: float):

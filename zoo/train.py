@@ -13,6 +13,15 @@ different ones is an error naming them, unless ``--overwrite``; running a finish
 changes nothing. In ``OUTPUT`` at the end: ``model.keras``, ``model.weights.h5``,
 ``metrics.json``, ``curves.png`` and TensorBoard logs in ``logs/`` (scalars and the run's
 hyperparameters). Every file is written atomically.
+
+The paper's recipe is the default (SGD Nesterov, L2 weight decay, pad-crop-flip). A current
+recipe is opt-in, flag by flag, each recorded in ``run.json`` and ``metrics.json``:
+``--optimizer adamw`` (decoupled weight decay instead of the L2 term), ``--ema`` (the saved and
+evaluated weights are the moving average), ``--mixup`` / ``--cutmix`` (soft labels, train
+batches only), ``--randaugment``, ``--label-smoothing``, ``--warmup-epochs``,
+``--jit-compile`` and ``--image-size`` (a folder's images resized to N x N, or ``keep`` their
+own size; the CIFAR-form models are fully convolutional). Accuracy and, with more than 5
+classes, top-5 are logged every epoch.
 """
 
 from __future__ import annotations
@@ -26,14 +35,22 @@ import warnings
 from pathlib import Path
 
 DEFAULTS = dict(
-    model="dmrnet_20", dataset="digits", epochs=15, batch_size=64, lr=0.1, weight_decay=1e-4,
+    model="dmrnet_20", dataset="digits", epochs=15, batch_size=64, lr=None, weight_decay=None,
     weight_decay_scope="all", schedule="paper", warmup_epochs=3.0, label_smoothing=0.0,
     zero_init_last_bn=False, precise_bn=True, strategy="auto", mixed_precision=False, seed=0,
     output=None,
     init_weights=None, freeze_backbone=False, data_dir=None, validation_split=0.1,
     verbose=1, cpu_devices=None, cpu_threads="auto", deterministic=None, overwrite=False,
-    skip_corrupt=False,
+    skip_corrupt=False, image_size=None, optimizer="sgd", mixup=0.0, cutmix=0.0,
+    randaugment=0.0, ema=0.0, jit_compile=None,
 )
+# lr and weight_decay None: the optimizer's. SGD's are the paper's (its weight decay is an L2
+# term, MXNet's wd); AdamW's are DeiT's / timm's (decoupled decay, scaled by the rate).
+OPTIMIZER_DEFAULTS = {"sgd": dict(lr=0.1, weight_decay=1e-4),
+                      "adamw": dict(lr=1e-3, weight_decay=0.05)}
+# What a bare flag means: Keras' MixUp alpha and CutMix's Beta(1, 1) (the CutMix paper's),
+# timm's rand-m9, and an average over about the last 1,000 steps.
+FLAG_CONSTS = dict(mixup=0.2, cutmix=1.0, randaugment=9.0, ema=0.999)
 WEIGHT_DECAY_SCOPES = ("all", "kernels")
 RUN_FILE = "run.json"
 # The settings that define what a run computes. Re-running into a directory with other values
@@ -42,7 +59,11 @@ RUN_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "weight_decay",
             "weight_decay_scope", "schedule", "warmup_epochs", "label_smoothing",
             "zero_init_last_bn", "precise_bn",
             "seed", "mixed_precision", "init_weights", "freeze_backbone", "validation_split",
-            "skip_corrupt")
+            "skip_corrupt", "image_size", "optimizer", "mixup", "cutmix", "randaugment", "ema",
+            "jit_compile")
+# The value of a RUN_KEY added later, for a run.json written before it: what those runs did.
+_BEFORE_THE_KEY = dict(label_smoothing=0.0, skip_corrupt=False, optimizer="sgd", mixup=0.0,
+                       cutmix=0.0, randaugment=0.0, ema=0.0, jit_compile=None)
 # What dmr-train writes into its output directory (and --overwrite removes).
 _OUTPUTS = ("checkpoints", "logs", "model.keras", "model.weights.h5", "metrics.json",
             "curves.png", RUN_FILE)
@@ -67,6 +88,10 @@ def _check_arguments(run: dict, strategy: str, freeze_backbone: bool) -> str:
     if run["label_smoothing"] >= 1:
         raise ValueError("`label_smoothing` must be in [0, 1). "
                          f"Received: label_smoothing={run['label_smoothing']!r}")
+    checks.choice("optimizer", run["optimizer"], training.OPTIMIZERS)
+    training.check_ema(run["ema"])
+    data_lib.check_recipe(run["randaugment"], run["mixup"], run["cutmix"])
+    checks.choice("jit_compile", run["jit_compile"], (True, False), allow_none=True)
     distribute.check_strategy_name(strategy)
     init_weights = run["init_weights"]
     if init_weights is not None and not Path(init_weights).exists():
@@ -108,8 +133,10 @@ def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
     from dmr_keras.checks import differing_settings
 
     stored = json.loads(run_file.read_text())
-    stored.setdefault("label_smoothing", 0.0)  # runs from before the option trained without
-    stored.setdefault("skip_corrupt", False)  # (and stopped on unreadable files)
+    for key, value in _BEFORE_THE_KEY.items():  # runs from before an option trained without it
+        stored.setdefault(key, value)
+    if "dataset" in stored:  # and at the dataset's own size
+        stored.setdefault("image_size", _image_size_of(stored["dataset"], None))
     differ = differing_settings(stored, run, RUN_KEYS)
     if differ:
         raise ValueError(
@@ -121,6 +148,17 @@ def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
     if metrics_file.exists():
         return json.loads(metrics_file.read_text())
     return None
+
+
+def _image_size_of(dataset: str, image_size):
+    """The input side a run trains at, as run.json records it: ``image_size``, else the
+    dataset's (224 for imagenet2012, 32 otherwise); ``"keep"`` stays (a folder's own size)."""
+    from dmr_keras import data as data_lib
+
+    image_size = data_lib.check_image_size(dataset, image_size)
+    if image_size is None:
+        return data_lib.IMAGENET_IMAGE_SIZE if dataset == "imagenet2012" else 32
+    return list(image_size) if isinstance(image_size, tuple) else image_size  # as JSON has it
 
 
 def _model_for(model: str | None, init_weights: str | None) -> str:
@@ -149,8 +187,8 @@ def train(
     *,
     epochs: int = DEFAULTS["epochs"],
     batch_size: int = DEFAULTS["batch_size"],
-    lr: float = DEFAULTS["lr"],
-    weight_decay: float = DEFAULTS["weight_decay"],
+    lr: float | None = DEFAULTS["lr"],
+    weight_decay: float | None = DEFAULTS["weight_decay"],
     weight_decay_scope: str = DEFAULTS["weight_decay_scope"],
     schedule: str = DEFAULTS["schedule"],
     warmup_epochs: float = DEFAULTS["warmup_epochs"],
@@ -171,6 +209,13 @@ def train(
     deterministic: bool | None = None,
     overwrite: bool = False,
     skip_corrupt: bool = DEFAULTS["skip_corrupt"],
+    image_size: int | str | None = DEFAULTS["image_size"],
+    optimizer: str = DEFAULTS["optimizer"],
+    mixup: float = DEFAULTS["mixup"],
+    cutmix: float = DEFAULTS["cutmix"],
+    randaugment: float = DEFAULTS["randaugment"],
+    ema: float = DEFAULTS["ema"],
+    jit_compile: bool | None = DEFAULTS["jit_compile"],
 ) -> dict:
     """Train ``model`` (a registered name) on ``dataset``; returns the run's metrics dict.
 
@@ -182,20 +227,34 @@ def train(
     for the run and back off after it; ``mixed_precision`` sets the dtype policy for the run;
     ``cpu_threads`` / ``cpu_devices`` (None: leave alone) size TensorFlow's CPU thread pools
     and logical devices, which only a process whose TensorFlow has not started yet can do.
+
+    The current recipe (each off by default; see the module docstring): ``optimizer``
+    ``"sgd"`` or ``"adamw"`` (``lr`` / ``weight_decay`` None: the optimizer's defaults,
+    ``OPTIMIZER_DEFAULTS``); ``ema`` the momentum of the weights' moving average (0: none);
+    ``mixup`` / ``cutmix`` Beta alphas (0: none); ``randaugment`` a magnitude in (0, 10] (0:
+    none); ``jit_compile`` passed to ``compile`` (None: Keras' ``"auto"``); ``image_size`` an
+    integer, ``"keep"`` or None (the dataset's size).
     """
 
-    from dmr_keras import distribute, performance
+    from dmr_keras import checks, distribute, performance
 
     model = _model_for(model, init_weights)
-    run = dict(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-               weight_decay=weight_decay, weight_decay_scope=weight_decay_scope,
+    checks.choice("optimizer", optimizer, tuple(OPTIMIZER_DEFAULTS))  # it sets the defaults
+    run = dict(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size,
+               lr=OPTIMIZER_DEFAULTS[optimizer]["lr"] if lr is None else lr,
+               weight_decay=(OPTIMIZER_DEFAULTS[optimizer]["weight_decay"]
+                             if weight_decay is None else weight_decay),
+               weight_decay_scope=weight_decay_scope,
                schedule=schedule, warmup_epochs=warmup_epochs,
                label_smoothing=label_smoothing,
                zero_init_last_bn=bool(zero_init_last_bn), precise_bn=bool(precise_bn),
                seed=seed, mixed_precision=bool(mixed_precision), init_weights=init_weights,
                freeze_backbone=bool(freeze_backbone), validation_split=validation_split,
-               skip_corrupt=bool(skip_corrupt))
+               skip_corrupt=bool(skip_corrupt), image_size=image_size, optimizer=optimizer,
+               mixup=mixup, cutmix=cutmix, randaugment=randaugment, ema=ema,
+               jit_compile=jit_compile)
     run["dataset"] = dataset = _check_arguments(run, strategy, freeze_backbone)
+    run["image_size"] = _image_size_of(dataset, image_size)
     output = Path(output or f"runs/{model}-{dataset.replace(':', '_').replace('/', '_')}")
     if not run["dataset"].startswith("folder:"):
         run["validation_split"] = None  # only folders are split; do not tie a run to it
@@ -248,11 +307,15 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
     train_ds, eval_ds, info = data_lib.load(
         run["dataset"], batch_size=run["batch_size"], seed=seed, data_dir=data_dir,
         validation_split=run["validation_split"] or 0.1, epochs=run["epochs"],
-        initial_epoch=initial_epoch, skip_corrupt=run["skip_corrupt"])
+        initial_epoch=initial_epoch, skip_corrupt=run["skip_corrupt"],
+        image_size=run["image_size"], randaugment=run["randaugment"], mixup=run["mixup"],
+        cutmix=run["cutmix"])
     steps = info.train_examples // run["batch_size"]
     if steps < 1:
         raise ValueError(f"The batch size {run['batch_size']} is larger than the training set "
                          f"({info.train_examples} examples).")
+    val_ds = _soft_labels(eval_ds, info.num_classes) if _mixing(run) else eval_ds
+    _warn_short_ema(run, steps)
     if resume:
         net = keras.saving.load_model(resume["path"])
         print(f"Resuming from epoch {resume['epoch']} ({resume['path']}).")
@@ -271,15 +334,26 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
     print(f"Training {run['model']} on {run['dataset']}: {info.train_examples} images, "
           f"{info.num_classes} classes, {run['epochs']} epochs of {steps} steps, batch "
           f"{run['batch_size']}, {plan.description}")
+    extras = [f"{k} {run[k]}" for k in ("label_smoothing", "mixup", "cutmix", "randaugment",
+                                          "ema", "jit_compile") if run[k]]
+    print(f"Recipe: {run['optimizer']}, lr {run['lr']}, weight decay {run['weight_decay']} "
+          f"({'decoupled' if run['optimizer'] == 'adamw' else 'L2'}), input "
+          f"{info.image_shape[0]}x{info.image_shape[1]}" + "".join(f", {e}" for e in extras))
     print(f"val_* in the epoch lines is measured on the {info.eval_split} split "
           f"({info.eval_examples} images): reported, never used to select an epoch or setting.")
     start = time.perf_counter()
     if initial_epoch < run["epochs"]:
-        _fit(net, plan, train_ds, eval_ds, run["epochs"], initial_epoch, steps, checkpoint,
+        _fit(net, plan, train_ds, val_ds, run["epochs"], initial_epoch, steps, checkpoint,
              log_dir, run["batch_size"], verbose)
     else:
         print(f"The checkpoints already hold {initial_epoch} epochs; finishing the run.")
     wall = time.perf_counter() - start
+    if run["ema"]:
+        # The model takes the moving average of its weights: what is measured, saved and
+        # published from here on. fit() did it already; a run whose checkpoints held every
+        # epoch did not run fit, so it is done here (twice is the same).
+        net.optimizer.finalize_variable_values(net.trainable_weights)
+        print(f"The model's weights are now their moving average (--ema {run['ema']}).")
 
     if run["precise_bn"]:
         with warnings.catch_warnings():  # the first load already named the skipped files
@@ -287,9 +361,9 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
             plain, _, _ = data_lib.load(
                 run["dataset"], batch_size=run["batch_size"], seed=seed, data_dir=data_dir,
                 augment=False, epochs=1, validation_split=run["validation_split"] or 0.1,
-                skip_corrupt=run["skip_corrupt"])
+                skip_corrupt=run["skip_corrupt"], image_size=run["image_size"])
         training.precise_batchnorm(net, plain, max_batches=max(1, min(steps, 100)))
-    test_loss, test_acc = _evaluate(net, plan, eval_ds)
+    test_loss, test_acc, test_top5 = _evaluate(net, plan, eval_ds, val_ds)
     trained = run["epochs"] - initial_epoch
     data_record = dict(num_classes=info.num_classes, image_shape=list(info.image_shape),
                        mean=list(info.mean), std=list(info.std),
@@ -304,7 +378,10 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
     metrics = dict(
         model=run["model"], dataset=run["dataset"], epochs=run["epochs"],
         resumed_from_epoch=initial_epoch, test_accuracy=float(test_acc),
-        test_loss=float(test_loss), wall_time_s=round(wall, 2),
+        test_loss=float(test_loss),
+        # Top-5 as a fraction, for more than 5 classes (None: fewer, or a multi-worker run).
+        test_top5=float(test_top5) if test_top5 is not None else None,
+        wall_time_s=round(wall, 2),
         # Summed over every attempt of a resumed run; epochs_timed < epochs when some epochs
         # ran under a dmr-train that did not time them.
         train_time_s=round(sum(times.values()), 1), epochs_timed=len(times),
@@ -355,19 +432,50 @@ def _fit(net, plan, train_ds, eval_ds, epochs, initial_epoch, steps, checkpoint,
             shuffle=False)  # the dataset is shuffled per (seed, epoch) itself
 
 
-def _evaluate(net, plan, eval_ds):
-    """``(loss, accuracy)`` on the eval set: the plain cross-entropy (no weight-decay term, no
-    label smoothing, unlike the compiled loss) and top-1 as a fraction."""
+def _evaluate(net, plan, eval_ds, val_ds):
+    """``(loss, accuracy, top-5 or None)`` on the eval set: the plain cross-entropy (no
+    weight-decay term, no label smoothing, unlike the compiled loss), top-1 and (more than 5
+    classes) top-5 as fractions. ``val_ds``: the eval set with the labels of the compiled loss
+    (one-hot under MixUp / CutMix)."""
     if plan.name == "multiworker":  # Keras's evaluate fails under MWMS like fit does
         from dmr_keras.multiworker import evaluate_distributed
 
-        result = evaluate_distributed(net, loss=net.loss, dataset=eval_ds,
+        result = evaluate_distributed(net, loss=net.loss, dataset=val_ds,
                                       strategy=plan.strategy)
-        return result["loss"], result["accuracy"]
+        return result["loss"], result["accuracy"], None
     from zoo.evaluate import measure
 
     result = measure(net, eval_ds)
-    return result["loss"], result["top1"] / 100.0
+    top5 = result["top5"] / 100.0 if int(net.output_shape[-1]) > 5 else None
+    return result["loss"], result["top1"] / 100.0, top5
+
+
+def _mixing(run) -> bool:
+    return bool(run["mixup"] or run["cutmix"])
+
+
+def _soft_labels(dataset, num_classes):
+    """``dataset`` with one-hot float32 labels: the eval set as the compiled loss and metrics
+    of a MixUp / CutMix run take it (zoo.evaluate.measure keeps the integer labels)."""
+    import tensorflow as tf
+
+    return dataset.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), num_classes)),
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _warn_short_ema(run, steps):
+    """A warning when the run is too short for its EMA momentum: the initial weights (Keras'
+    average starts from them) still weigh over 1 % in the final average."""
+    if not run["ema"]:
+        return
+    total = run["epochs"] * steps
+    left = run["ema"] ** max(total - 1, 0)
+    if left > 0.01:
+        warnings.warn(
+            f"--ema {run['ema']} averages about {1 / (1 - run['ema']):.0f} steps, but the run "
+            f"has {total}: the initial weights still weigh {left:.0%} in the final average. "
+            f"Use a smaller momentum (under {0.01 ** (1 / max(total - 1, 1)):.4f}) or more "
+            "epochs.", UserWarning, stacklevel=3)
 
 
 def _init_source(init_weights: str, model: str):
@@ -389,12 +497,15 @@ def _init_source(init_weights: str, model: str):
 
 
 def _build(run, info, steps):
-    """The model, compiled with the recipe: SGD Nesterov, the schedule, weight decay."""
+    """The model, compiled with the recipe: the optimizer (SGD Nesterov with L2 weight decay in
+    the model, or AdamW with decoupled decay and none in the model), the schedule, the loss
+    (soft labels under MixUp / CutMix), accuracy and top-5."""
 
     from dmr_keras import training
     from zoo.registry import create_model, load_pretrained
 
-    reg = training.kernel_weight_decay(run["weight_decay"])
+    adamw = run["optimizer"] == "adamw"
+    reg = None if adamw else training.kernel_weight_decay(run["weight_decay"])
     net = create_model(run["model"], classes=info.num_classes, input_shape=info.image_shape,
                        kernel_regularizer=reg,
                        bias_regularizer=reg if run["weight_decay_scope"] == "all" else None,
@@ -409,8 +520,13 @@ def _build(run, info, steps):
     sched = training.learning_rate_schedule(
         run["schedule"], run["lr"], run["epochs"], steps,
         imagenet=run["dataset"] == "imagenet2012", warmup_epochs=run["warmup_epochs"])
-    net.compile(optimizer=training.make_optimizer(sched),
-                loss=training.make_loss(run["label_smoothing"]), metrics=["accuracy"])
+    optimizer = training.make_optimizer(
+        sched, run["optimizer"], weight_decay=run["weight_decay"] if adamw else 0.0,
+        weight_decay_scope=run["weight_decay_scope"], ema=run["ema"])
+    soft = _mixing(run)
+    jit = {} if run["jit_compile"] is None else {"jit_compile": bool(run["jit_compile"])}
+    net.compile(optimizer=optimizer, loss=training.make_loss(run["label_smoothing"], soft),
+                metrics=training.make_metrics(info.num_classes, soft), **jit)
     return net
 
 
@@ -445,9 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cifar10 | cifar100 | svhn | imagenet2012 | digits | folder:PATH")
     p.add_argument("--epochs", type=int, default=d["epochs"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="global batch size")
-    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--lr", type=float, default=d["lr"],
+                   help="base learning rate; None: 0.1 with sgd, 0.001 with adamw")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
-                   help="as MXNet's wd: an L2 term whose gradient is wd * w")
+                   help="sgd: as MXNet's wd, an L2 term whose gradient is wd * w; adamw: "
+                        "decoupled, w -= lr * wd * w each step, no L2 term. None: 1e-4 with "
+                        "sgd, 0.05 with adamw")
+    p.add_argument("--optimizer", default=d["optimizer"], choices=list(OPTIMIZER_DEFAULTS),
+                   help="sgd: Nesterov momentum 0.9 (the paper's); adamw: AdamW")
     p.add_argument("--weight-decay-scope", default=d["weight_decay_scope"],
                    choices=WEIGHT_DECAY_SCOPES,
                    help="'all': every parameter, as the reference code; 'kernels': conv and "
@@ -458,6 +579,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "before the first decay (0: none, as the reference code)")
     p.add_argument("--label-smoothing", type=float, default=d["label_smoothing"],
                    help="label smoothing of the cross-entropy target (0: none, as the paper)")
+    c = FLAG_CONSTS
+    p.add_argument("--mixup", type=float, nargs="?", const=c["mixup"], default=d["mixup"],
+                   metavar="ALPHA",
+                   help=f"MixUp on the train batches, weights ~ Beta(ALPHA, ALPHA); bare: "
+                        f"{c['mixup']} (0: none). Labels become soft")
+    p.add_argument("--cutmix", type=float, nargs="?", const=c["cutmix"], default=d["cutmix"],
+                   metavar="ALPHA",
+                   help=f"CutMix on the train batches, kept area ~ Beta(ALPHA, ALPHA); bare: "
+                        f"{c['cutmix']} (0: none). With --mixup, one of the two per batch")
+    p.add_argument("--randaugment", type=float, nargs="?", const=c["randaugment"],
+                   default=d["randaugment"], metavar="M",
+                   help=f"RandAugment, 2 operations per train image at magnitude M of 10; "
+                        f"bare: {c['randaugment']:g} (0: none)")
+    p.add_argument("--ema", type=float, nargs="?", const=c["ema"], default=d["ema"],
+                   metavar="MOMENTUM",
+                   help=f"keep a moving average of the weights (bare: {c['ema']}; 0: none); "
+                        "the final model (saved, evaluated) holds the average, val_* per epoch "
+                        "the raw weights")
+    p.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
+                   default=d["jit_compile"],
+                   help="XLA-compile the train step; None: Keras' 'auto' (XLA on a GPU, "
+                        "off under op determinism, the CPU default)")
+    p.add_argument("--image-size", type=_image_size_arg, default=d["image_size"],
+                   metavar="N|keep",
+                   help="input side: folder images resized to N x N, or 'keep' their own "
+                        "(common) size; imagenet2012: N; the 32x32 datasets: 32. None: the "
+                        "dataset's (folders 32, imagenet2012 224)")
     p.add_argument("--zero-init-last-bn", action=argparse.BooleanOptionalAction,
                    default=d["zero_init_last_bn"],
                    help="start each residual branch's last BN scale at 0 (blocks start as "
@@ -501,6 +649,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(auto: 'inter' for multi-branch models without a GPU; see "
                         "docs/benchmarks.md)")
     return p
+
+
+def _image_size_arg(text: str):
+    if text.strip().lower() == "keep":
+        return "keep"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer or 'keep', got {text!r}") from None
 
 
 def main(argv=None) -> int:

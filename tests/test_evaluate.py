@@ -143,7 +143,9 @@ def test_verify_accuracy_ok_fail_and_skipped(tmp_path, monkeypatch):
         keys={KEY, "dmrnet_8_tiny.worse", "dmrnet_8_tiny.cifarish"})}
     assert rows[KEY]["status"] == "OK" and rows[KEY]["measured"] == rows[KEY]["stored"]
     assert rows["dmrnet_8_tiny.worse"]["status"] == "FAIL"
-    assert rows["dmrnet_8_tiny.worse"]["detail"].startswith("+3.33 points")
+    # the shipped entry is measured at its stored accuracy, so "worse" is off by the difference
+    gap = 100 * (record["metrics"]["test_accuracy"] - 0.95)
+    assert rows["dmrnet_8_tiny.worse"]["detail"].startswith(f"{gap:+.2f} points")
     assert rows["dmrnet_8_tiny.cifarish"]["status"] == "SKIPPED"
     assert "--data-dir cifar10=PATH" in rows["dmrnet_8_tiny.cifarish"]["detail"]
 
@@ -154,7 +156,8 @@ def test_cli_verify_accuracy(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DMR_KERAS_HOME", str(tmp_path / "cache"))
     assert cli.main(["verify", "--accuracy"]) == 0
     out = capsys.readouterr().out
-    assert re.search(rf"^OK +{re.escape(KEY)}  stored 98.33 %  measured 98.33 %", out, re.M)
+    stored = f"{100 * weights.load_manifest()[KEY].metrics['test_accuracy']:.2f} %"
+    assert re.search(rf"^OK +{re.escape(KEY)}  stored {stored}  measured {stored}", out, re.M)
     record = weights.load_manifest()[KEY].to_json()
     worse = {**record, "tag": "worse", "metrics": {**record["metrics"], "test_accuracy": 0.97}}
     (tmp_path / "m.json").write_text(json.dumps(

@@ -165,3 +165,17 @@ def test_features_only_through_create_model():
     np.testing.assert_allclose(outputs[1], _predict(last, x), atol=1e-5)
     with pytest.raises(ValueError, match="`out_indices` applies to features_only=True only"):
         zoo.create_model("dmrnet_8_tiny", out_indices=(1,))
+
+
+def test_dmr_eval_feeds_pixels_to_a_model_with_preprocessing_inside(tmp_path):
+    """zoo.evaluate normalises the data for a bare network; a saved model that carries its own
+    preprocessing gets the pixels back, so both score the same."""
+    from zoo.evaluate import evaluate
+
+    path = tmp_path / "with_pre.keras"
+    zoo.create_model(KEY).save(path)
+    bare = evaluate(KEY)
+    inside = evaluate(str(path), dataset="digits")
+    assert inside["images"] == bare["images"] == 360
+    assert inside["top1"] == pytest.approx(bare["top1"], abs=1e-6)
+    assert inside["loss"] == pytest.approx(bare["loss"], abs=1e-4)

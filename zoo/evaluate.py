@@ -199,9 +199,13 @@ def evaluate(model, dataset: str | None = None, *, data_dir: str | None = None,
         if spec.startswith(data_lib.FOLDER_PREFIX):
             layout = data_lib.split_folders(spec[len(data_lib.FOLDER_PREFIX):])
             split = "test" if layout and "test" in layout else "val"
-    size = net.input_shape[1]
-    image_size = size if spec.startswith(data_lib.FOLDER_PREFIX) or spec == "imagenet2012" \
-        else None
+    height, width = net.input_shape[1:3]
+    size = height
+    image_size = None
+    if spec == "imagenet2012" or spec.startswith(data_lib.FOLDER_PREFIX) and height:
+        # a folder model trained at --image-size keep may be non-square
+        image_size = (height, width) if spec != "imagenet2012" and width and width != height \
+            else height
     _, eval_ds, info = data_lib.load(spec, batch_size=batch_size, data_dir=data_dir,
                                      augment=False, image_size=image_size, eval_split=split)
     classes = int(net.output_shape[-1])
@@ -209,7 +213,13 @@ def evaluate(model, dataset: str | None = None, *, data_dir: str | None = None,
         raise ValueError(f"{label} has {classes} outputs; {spec} has {info.num_classes} classes. "
                          "Evaluate it on the dataset it was trained on.")
     shift = scale = None
-    if pre and pre.get("mean") and pre.get("std"):
+    from zoo.preprocessing import model_preprocessing
+
+    if model_preprocessing(net) is not None:
+        # the model normalises 0-255 pixels itself: give it back the pixels of the data
+        d_mean, d_std = np.asarray(info.mean, "float32"), np.asarray(info.std, "float32")
+        scale, shift = d_std * np.float32(255), d_mean * np.float32(255)
+    elif pre and pre.get("mean") and pre.get("std"):
         d_mean, d_std = np.asarray(info.mean, "float32"), np.asarray(info.std, "float32")
         m_mean, m_std = np.asarray(pre["mean"], "float32"), np.asarray(pre["std"], "float32")
         if not (np.allclose(d_mean, m_mean, atol=1e-6) and np.allclose(d_std, m_std, atol=1e-6)):

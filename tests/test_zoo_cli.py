@@ -21,9 +21,12 @@ def test_shipped_weights_reach_their_card_accuracy():
     images, labels = load_digits_images()
     _, test_idx = digits_split()
     assert len(test_idx) == 360
-    model = zoo.create_model(KEY)
-    x = preprocess_input(images[test_idx] * 255.0, weights=KEY)
+    model = zoo.create_model(KEY)  # with weights by tag: takes 0-255 pixels
+    x = images[test_idx] * 255.0
     pred = np.argmax(np.asarray(model.predict(x, batch_size=120, verbose=0)), axis=1)
+    bare = zoo.create_model(KEY, include_preprocessing=False)
+    np.testing.assert_array_equal(pred, np.argmax(np.asarray(bare.predict(
+        preprocess_input(x, weights=KEY), batch_size=120, verbose=0)), axis=1))
     accuracy = float(np.mean(pred == labels[test_idx]))
     assert accuracy >= 0.97
     assert abs(accuracy - card["metrics"]["test_accuracy"]) <= 1 / 360 + 1e-9

@@ -50,6 +50,16 @@ Datasets (``spec``):
   warning naming them, and ``info.skipped`` lists them).
 
 ``validation_split`` is used by ``folder:`` only (the other datasets have a fixed test split).
+
+Model selection without the test split: ``load(..., holdout_fraction=F)`` (default 0: off) carves
+a fixed, per-class part out of the train split and returns it as the eval dataset
+(``info.eval_split == "val"``; ``info.train_examples`` / ``info.eval_examples`` count the two
+parts): in each class the train indices are permuted with ``numpy.random.RandomState(0)``
+(independent of ``seed``) and the last ``round(F * n)`` (at most ``n - 1``) are held out
+(:func:`holdout_split`). The normalisation statistics stay those of the whole train split, so a
+model selected on the held-out part is evaluated on the test split (``load`` without
+``holdout_fraction``) with the same preprocessing. The in-memory datasets (``digits``, CIFAR from
+``data_dir`` files or folders, ``folder:``) only; the TFDS datasets raise a ``ValueError``.
 A ``folder:PATH`` whose top level is ``train/`` plus ``test/`` and/or ``val/`` (``validation/``)
 uses those as its splits instead (the eval set: ``val`` when present, else ``test``; choose with
 ``eval_split``); ``info.eval_split`` says which split the eval set is.
@@ -114,6 +124,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_TEST_EXAMPLES = 360
 DIGITS_SPLIT_SEED = 0
 FOLDER_SPLIT_SEED = 0
+HOLDOUT_SPLIT_SEED = 0
 DEFAULT_FOLDER_IMAGE_SIZE = 32
 IMAGENET_IMAGE_SIZE = 224
 
@@ -307,6 +318,7 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
          image_size: int | str | None = None, epochs: int | None = None,
          initial_epoch: int = 0, eval_split: str | None = None, skip_corrupt: bool = False,
          randaugment: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
+         holdout_fraction: float = 0.0,
          ) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
     """``(train, eval, info)`` for ``spec`` (see the module docstring).
 
@@ -344,6 +356,9 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
             images; 0: none.
         mixup, cutmix: Beta alpha of MixUp / CutMix on the train batches; 0: none. With
             either, the train labels are one-hot float32 ``(B, num_classes)``.
+        holdout_fraction: 0 (default) or a fraction in (0, 1): the eval dataset is then this
+            part of each class of the train split (fixed, see :func:`holdout_split`) and the
+            train dataset the rest; for model selection that never looks at the test split.
 
     Returns:
         train and eval datasets of ``(float32 (B, H, W, 3), int64 (B,))`` (train labels
@@ -355,9 +370,11 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
     check_recipe(randaugment, mixup, cutmix)
     checks.choice("eval_split", eval_split, ("test", "val"), allow_none=True)
     _check_epochs(epochs, initial_epoch)
+    _check_holdout(holdout_fraction)
     seed = int(seed)
     run = dict(batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
-               initial_epoch=initial_epoch, randaugment=float(randaugment) if augment else 0.0)
+               initial_epoch=initial_epoch, randaugment=float(randaugment) if augment else 0.0,
+               holdout=float(holdout_fraction))
     result = _load(spec, data_dir, validation_split, image_size, eval_split, skip_corrupt, run)
     if augment and (mixup or cutmix):
         train, test, info = result
@@ -425,6 +442,39 @@ def _check_epochs(epochs, initial_epoch):
 
 
 # ---- shared pipeline pieces ---------------------------------------------------------------------
+
+
+def _check_holdout(fraction):
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or \
+            not 0 <= fraction < 1:
+        raise ValueError("`holdout_fraction` must be 0 (off) or a number strictly between 0 and "
+                         f"1. Received: holdout_fraction={fraction!r}")
+
+
+def holdout_split(labels, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, held_out)``: sorted indices into ``labels`` (a train split's labels). In each
+    class, its indices are permuted with ``RandomState(HOLDOUT_SPLIT_SEED)`` (fixed, independent
+    of any training seed) and the last ``round(fraction * n)`` (at most ``n - 1``) are held out.
+
+    >>> holdout_split([0, 0, 0, 0, 1, 1, 1, 1, 1, 1], 0.5)[1].tolist()
+    [0, 1, 4, 7, 8]
+    """
+    labels = np.asarray(labels).reshape(-1)
+    kept, held = [np.zeros(0, "int64")], [np.zeros(0, "int64")]
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n = len(idx)
+        n_out = min(round(fraction * n), n - 1)
+        perm = np.random.RandomState(HOLDOUT_SPLIT_SEED).permutation(n)
+        kept.append(idx[perm[:n - n_out]])
+        held.append(idx[perm[n - n_out:]])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def _carve(x, y, fraction):
+    """``(x_kept, y_kept, x_held_out, y_held_out)`` of in-memory arrays (:func:`holdout_split`)."""
+    kept, held = holdout_split(y, fraction)
+    return x[kept], y[kept], x[held], y[held]
 
 
 def _options(ds):
@@ -571,7 +621,7 @@ def digits_split() -> tuple[np.ndarray, np.ndarray]:
     return perm[:n - DIGITS_TEST_EXAMPLES], perm[n - DIGITS_TEST_EXAMPLES:]
 
 
-def _load_digits(batch_size, seed, augment, epochs, initial_epoch, randaugment=0.0):
+def _load_digits(batch_size, seed, augment, epochs, initial_epoch, randaugment=0.0, holdout=0.0):
     from dmr_keras.digits import load_digits_images
 
     images, labels = load_digits_images()
@@ -580,6 +630,8 @@ def _load_digits(batch_size, seed, augment, epochs, initial_epoch, randaugment=0
     x_test, y_test = images[test_idx], labels[test_idx]
     mean = tuple(float(m) for m in x_train.mean(axis=(0, 1, 2), dtype="float64"))
     std = tuple(float(s) for s in x_train.std(axis=(0, 1, 2), dtype="float64"))
+    if holdout:  # statistics of the whole train split (see the module docstring)
+        x_train, y_train, x_test, y_test = _carve(x_train, y_train, holdout)
     normalise = _normalise(mean, std)
     transform = _train_transform(tf.identity, normalise,
                                  _pad_crop_augment(4, flip=False) if augment else None,
@@ -589,7 +641,8 @@ def _load_digits(batch_size, seed, augment, epochs, initial_epoch, randaugment=0
     test = _finish_eval(tf.data.Dataset.from_tensor_slices((x_test, y_test)), batch_size,
                         normalise)
     info = DataInfo("digits", 10, tuple(x_train.shape[1:]), len(x_train), len(x_test),
-                    tuple(str(i) for i in range(10)), mean, std, "test", "sklearn")
+                    tuple(str(i) for i in range(10)), mean, std, "val" if holdout else "test",
+                    "sklearn")
     return train, test, info
 
 
@@ -799,16 +852,18 @@ def _cifar_from_dir(name, data_dir, skip_corrupt=False, skipped=None):
 
 
 def _load_cifar_arrays(name, arrays, batch_size, seed, augment, epochs, initial_epoch,
-                       skipped=(), randaugment=0.0):
+                       skipped=(), randaugment=0.0, holdout=0.0):
     x_train, y_train, x_test, y_test, classes, source = arrays
+    if holdout:
+        x_train, y_train, x_test, y_test = _carve(x_train, y_train, holdout)
     spec = _TFDS[name]
     train, test = _array_datasets(
         x_train, y_train, x_test, y_test, mean=spec.mean, std=spec.std, pad=4, flip=True,
         batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
         initial_epoch=initial_epoch, randaugment=randaugment)
     info = DataInfo(name, _CIFAR_CLASSES[name], (32, 32, 3), len(y_train), len(y_test),
-                    tuple(classes), tuple(spec.mean), tuple(spec.std), "test", source,
-                    tuple(skipped))
+                    tuple(classes), tuple(spec.mean), tuple(spec.std),
+                    "val" if holdout else "test", source, tuple(skipped))
     return train, test, info
 
 
@@ -873,7 +928,11 @@ def _imagenet_download_config(data_dir):
 
 
 def _load_tfds(name, data_dir, image_size, batch_size, seed, augment, epochs, initial_epoch,
-               randaugment=0.0):
+               randaugment=0.0, holdout=0.0):
+    if holdout:
+        raise ValueError(f"`holdout_fraction` needs the train split in memory; {name} from TFDS "
+                         "is streamed. For CIFAR pass data_dir= with the python files or "
+                         "train/ + test/ folders; or use a folder:PATH dataset.")
     import tensorflow_datasets as tfds
 
     spec = _TFDS[name]
@@ -1248,7 +1307,7 @@ def _scan_images(paths, is_train, size):
 
 
 def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs, initial_epoch,
-                 eval_split=None, skip_corrupt=False, randaugment=0.0):
+                 eval_split=None, skip_corrupt=False, randaugment=0.0, holdout=0.0):
     splits = split_folders(root)
     skipped, decoded = (), None
     if splits is not None:
@@ -1285,8 +1344,11 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
         if left_out:  # a split layout (a folder without splits left them out before)
             _check_splits_left(root, splits, eval_name, class_names, y_train, y_eval, left_out)
             skipped = tuple(sorted(set(skipped) | set(left_out)))
-        n_train, n_eval = len(y_train), len(y_eval)
         mean, std = _channel_stats(x_train)
+        if holdout:  # statistics of the whole train split (see the module docstring)
+            x_train, y_train, x_eval, y_eval = _carve(x_train, y_train, holdout)
+            eval_name = "val"
+        n_train, n_eval = len(y_train), len(y_eval)
         train, test = _array_datasets(
             x_train, y_train, x_eval, y_eval, mean=mean, std=std, pad=pad, flip=False,
             batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
@@ -1305,6 +1367,11 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
             _check_splits_left(root, splits, eval_name, class_names,
                                [y for _, y in train_items], [y for _, y in eval_items], left_out)
             skipped = tuple(sorted(set(skipped) | drop))
+        if holdout:  # statistics of the whole train split (see the module docstring)
+            kept, held = holdout_split([y for _, y in train_items], holdout)
+            train_items, eval_items = [train_items[i] for i in kept], \
+                [train_items[i] for i in held]
+            eval_name = "val"
         n_train, n_eval = len(train_items), len(eval_items)
         normalise = _normalise(mean, std)
 

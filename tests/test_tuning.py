@@ -187,7 +187,7 @@ def test_best_model_loads_and_predicts_digits(search):
     assert probs.shape == (360, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
     # The one evaluation on the test split, by the best model (selection used held-out
-    # training images: tests/test_tuning_leaderboard.py).
+    # training images: tests/test_tuning_results.py).
     accuracy = float(np.mean(probs.argmax(axis=1) == labels[test_idx]))
     assert accuracy == pytest.approx(manifest["test_accuracy"], abs=1e-6)
     assert manifest["splits"]["val_examples"] == 145 and manifest["splits"]["test_examples"] == 360

@@ -1,11 +1,17 @@
 """dmr-keras tuning: keras-tuner searches over depth, width and branch count (issue 5).
 
-- :class:`DMRHyperModel`: the search space (blocks per stage, width, branches, mapping, learning
-  rate, weight decay, batch size) with an optional parameter budget.
-- :func:`make_tuner`: a random / Bayesian / Hyperband tuner whose oracle skips configurations
-  over the budget (never built, trained or counted as failed).
-- :func:`tune` and ``dmr-tune``: the whole search on a dataset, with a leaderboard, the best
-  model (``best.keras`` + ``best.json``), TensorBoard logs, and resume after a kill.
+- :mod:`tuning.budget`: closed-form parameter and MAC counts (:func:`count_params`,
+  :func:`count_macs`), so budgets are checked without building anything.
+- :class:`DMRHyperModel` (:mod:`tuning.hypermodel`): the search space (blocks per stage, width,
+  branches, mapping, learning rate, weight decay, batch size) with optional budgets on
+  parameters and MACs.
+- :func:`make_tuner` (:mod:`tuning.oracles`): a random / Bayesian / Hyperband tuner whose oracle
+  skips configurations over the budgets (never built, trained or counted as failed).
+- :mod:`tuning.results`: the leaderboard, the Pareto front (:func:`pareto_front`,
+  ``pareto.csv``, ``pareto.png``) and the best model (``best.keras`` + ``best.json``).
+- :func:`tune` and ``dmr-tune`` (:mod:`tuning.search`, :mod:`tuning.cli`): the whole search on a
+  dataset, scored on a held-out part of the training split, the test split touched once by the
+  best model; TensorBoard logs, and resume after a kill.
 """
 
 from __future__ import annotations
@@ -15,15 +21,17 @@ from dmr_keras.startup import lazy_exports
 _EXPORTS = {
     "DMRHyperModel": "tuning.hypermodel",
     "architecture": "tuning.hypermodel",
-    "count_params": "tuning.hypermodel",
-    "MANIFEST_FORMAT": "tuning.search",
-    "TUNERS": "tuning.search",
-    "BudgetBayesianOptimizationOracle": "tuning.search",
-    "BudgetHyperbandOracle": "tuning.search",
-    "BudgetRandomSearchOracle": "tuning.search",
-    "leaderboard": "tuning.search",
-    "load_best": "tuning.search",
-    "make_tuner": "tuning.search",
+    "count_macs": "tuning.budget",
+    "count_params": "tuning.budget",
+    "MANIFEST_FORMAT": "tuning.results",
+    "TUNERS": "tuning.cli",
+    "BudgetBayesianOptimizationOracle": "tuning.oracles",
+    "BudgetHyperbandOracle": "tuning.oracles",
+    "BudgetRandomSearchOracle": "tuning.oracles",
+    "leaderboard": "tuning.results",
+    "load_best": "tuning.results",
+    "make_tuner": "tuning.oracles",
+    "pareto_front": "tuning.results",
     "tune": "tuning.search",
 }
 

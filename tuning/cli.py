@@ -1,6 +1,7 @@
 """`dmr-tune`: a keras-tuner search over DMRNet architectures and training settings, resumable.
 
-    dmr-tune --tuner random --dataset digits --max-trials 10 --epochs 3 --max-params 200000
+    dmr-tune --tuner random --dataset digits --max-trials 10 --epochs 3 --max-params 200000 \
+             --max-macs 30000000 --val-fraction 0.1
 
 The command line only: its parser imports neither Keras nor keras-tuner, so ``dmr-tune --help``
 answers at once; the search is :func:`tuning.search.tune`, whose docstring says what it does.
@@ -34,7 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directory", default="tuning_runs")
     p.add_argument("--project", default="dmr")
     p.add_argument("--max-params", type=int, default=None,
-                   help="skip configurations with more trainable parameters")
+                   help="skip configurations with more trainable parameters (never built)")
+    p.add_argument("--max-macs", type=int, default=None,
+                   help="skip configurations with more multiply-accumulates per image "
+                   "(never built)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of each class of the training split held out (fixed) to "
+                   "score trials; the test split scores the best model only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true",
                    help="start again instead of continuing DIRECTORY/PROJECT")
@@ -51,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on training images per epoch (quick searches)")
     p.add_argument("--data-dir", default=None, help="TFDS data_dir (ImageNet: manual files)")
     p.add_argument("--validation-split", type=float, default=0.1,
-                   help="folder datasets: fraction held out per class")
+                   help="folder datasets without train/test folders: fraction of each class "
+                   "held out as their test split")
     p.add_argument("--verbose", type=int, default=1,
                    help="0 silent, 1 bar, 2 lines, 3 lines and TensorFlow's own start-up logs")
     return p

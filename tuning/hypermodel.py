@@ -11,15 +11,14 @@ Hyperparameters (keras-tuner names), each a ``Choice`` over a constructor argume
 - ``batch_size`` (``batch_sizes``): picked by :meth:`DMRHyperModel.fit`, which batches the data
   itself (see there for the accepted inputs).
 
-Parameter counts (:func:`count_params`) are counted once per architecture on the builder's model
-and cached, so that a budget (``max_params``) is checked before any trial is trained. The
-budget is enforced by the oracle (``tuning.search.make_tuner``): over-budget configurations are
-never proposed, so never built, trained or counted as failures.
+Parameter and MAC counts (:func:`tuning.budget.count_params`, :func:`tuning.budget.count_macs`)
+are closed forms, so the budgets (``max_params``, ``max_macs``) are checked before anything is
+built. They are enforced by the oracle (``tuning.oracles.make_tuner``): over-budget
+configurations are never proposed, so never built, trained or counted as failures.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 
@@ -29,29 +28,11 @@ import numpy as np
 
 from dmr_keras.layers import MAPPINGS
 from dmr_keras.models import build_model, model_depth
+from tuning.budget import BASE as _BASE
+from tuning.budget import count_macs, count_params
 
 HP_NAMES = ("n", "width", "branches", "mapping", "lr", "weight_decay", "batch_size")
-_BASE = (16, 32, 64)  # CIFAR form stage widths at w = 1
 _PREFIX = {"merge_and_run": "dmrnet", "identity": "dilnet", "resnet": "resnet"}
-
-
-@functools.lru_cache(maxsize=None)
-def count_params(n: int, width: float, branches: int = 2, mapping: str = "merge_and_run",
-                 classes: int = 10, channels: int = 3) -> int:
-    """Trainable parameters of ``build_model(blocks=(n, n, n), width=width, num_branches=...,
-    mapping=..., classes=classes)`` (CIFAR form, basic blocks).
-
-    Counted on the model the builder makes (not re-derived from a formula that could drift from
-    it), once per architecture: the answer is cached, so the oracle can check a budget for every
-    proposal cheaply. BatchNorm's moving statistics are not trainable.
-
-    >>> count_params(1, 0.5, 2)  # dmrnet_8_tiny
-    39346
-    """
-    k = 1 if mapping == "resnet" else int(branches)
-    model = build_model(blocks=(n, n, n), width=width, num_branches=k, mapping=mapping,
-                        classes=classes, input_shape=(None, None, channels))
-    return int(sum(math.prod(w.shape) for w in model.trainable_weights))
 
 
 def _as_tuple(name, values):
@@ -136,8 +117,10 @@ class DMRHyperModel(keras_tuner.HyperModel):
         weight_decays: weight decay on convolution and dense kernels (0 for none).
         batch_sizes: global batch sizes, applied by :meth:`fit`.
         max_params: optional budget of trainable parameters. Only checked here (a ValueError if
-            it is below the smallest model of the space); the oracles of
-            :func:`tuning.search.make_tuner` skip over-budget configurations.
+            no model of the space fits the budgets); the oracles of
+            :func:`tuning.oracles.make_tuner` skip over-budget configurations.
+        max_macs: optional budget of multiply-accumulates per image at ``input_shape`` (which
+            must then have a fixed height and width), checked like ``max_params``.
         classes, input_shape: the classifier's outputs and the input image shape.
         epochs, train_examples: when both are given, the learning rate follows a cosine decay
             to 0 over ``epochs * (train_examples // batch_size)`` steps; else it is constant.
@@ -145,14 +128,14 @@ class DMRHyperModel(keras_tuner.HyperModel):
             configuration starts from the same weights whenever (and however often) it runs.
 
     Raises:
-        ValueError: an empty or invalid choice list (naming it), or ``max_params`` below the
-            smallest model of the space (naming that model and its size).
+        ValueError: an empty or invalid choice list (naming it), or budgets that no model of the
+            space fits (naming the smallest model and its cost).
     """
 
     def __init__(self, *, depths_n=(1, 2, 3), widths=(0.5, 1), branches=(1, 2, 3),
                  mappings=("merge_and_run",), lrs=(0.1, 0.05), weight_decays=(1e-4, 5e-4),
                  batch_sizes=(64, 128), max_params=None, classes=10, input_shape=(32, 32, 3),
-                 epochs=None, train_examples=None, seed=None, name="dmrnet"):
+                 epochs=None, train_examples=None, seed=None, name="dmrnet", max_macs=None):
         super().__init__(name=name)
         self.depths_n = _ints("depths_n", depths_n)
         self.widths = _check_widths(widths)
@@ -172,20 +155,29 @@ class DMRHyperModel(keras_tuner.HyperModel):
         self.epochs = epochs
         self.train_examples = train_examples
         self.seed = seed
-        if max_params is not None:
-            if isinstance(max_params, bool) or not isinstance(max_params, (int, np.integer)) \
-                    or max_params < 1:
-                raise ValueError(f"`max_params` must be None or an integer >= 1. Received: "
-                                 f"max_params={max_params!r}")
-            max_params = int(max_params)
-            smallest = min(self.architectures(), key=lambda a: a["params"])
-            if max_params < smallest["params"]:
+        self.max_params = _budget("max_params", max_params)
+        self.max_macs = _budget("max_macs", max_macs)
+        if self.max_macs is not None and None in self.input_shape[:2]:
+            raise ValueError(f"`max_macs` needs a fixed image size: `input_shape` is "
+                             f"{self.input_shape!r}.")
+        if self.max_params is not None or self.max_macs is not None:
+            self._check_budgets()
+
+    def _check_budgets(self):
+        archs = self.architectures()
+        for name, budget, unit in (("params", self.max_params, "parameters"),
+                                   ("macs", self.max_macs, "MACs")):
+            smallest = min(archs, key=lambda a: a[name] or 0)
+            if budget is not None and smallest[name] > budget:
                 raise ValueError(
-                    f"`max_params`={max_params:,} is below the smallest model of the search "
-                    f"space, {architecture_key(smallest)} with {smallest['params']:,} "
-                    f"parameters: no configuration fits. Use max_params >= "
-                    f"{smallest['params']} or smaller depths_n / widths / branches.")
-        self.max_params = max_params
+                    f"`max_{name}`={budget:,} is below the smallest model of the search space, "
+                    f"{architecture_key(smallest)} with {smallest[name]:,} {unit}: no "
+                    f"configuration fits. Use max_{name} >= {smallest[name]} or smaller "
+                    "depths_n / widths / branches.")
+        if all(self.over_budget(a) for a in archs):
+            raise ValueError(f"No configuration of the search space is within both "
+                             f"max_params={self.max_params:,} and max_macs={self.max_macs:,}: "
+                             "raise one of them or search smaller depths_n / widths / branches.")
 
     # ---- the space ------------------------------------------------------------------------
 
@@ -209,7 +201,8 @@ class DMRHyperModel(keras_tuner.HyperModel):
         return v
 
     def architectures(self) -> list:
-        """Every distinct architecture of the space with its parameter count."""
+        """Every distinct architecture of the space with its parameter and MAC counts (MACs
+        None without a fixed image size)."""
         seen, out = set(), []
         for m in self.mappings:
             for n in self.depths_n:
@@ -220,7 +213,8 @@ class DMRHyperModel(keras_tuner.HyperModel):
                         key = architecture_key(arch)
                         if key not in seen:
                             seen.add(key)
-                            out.append({**arch, "params": self.params_of(arch)})
+                            out.append({**arch, "params": self.params_of(arch),
+                                        "macs": self.macs_of(arch)})
         return out
 
     def params_of(self, values) -> int:
@@ -230,8 +224,27 @@ class DMRHyperModel(keras_tuner.HyperModel):
         return count_params(a["n"], a["width"], a["branches"], a["mapping"], self.classes,
                             self.input_shape[-1])
 
+    def macs_of(self, values) -> int | None:
+        """Multiply-accumulates per image of that model at ``input_shape`` (closed form); None
+        when the image size is not fixed."""
+        if None in self.input_shape[:2]:
+            return None
+        a = architecture(values)
+        return count_macs(a["n"], a["width"], a["branches"], a["mapping"], self.classes,
+                          self.input_shape)
+
+    def budget_excess(self, values) -> list:
+        """What ``values`` exceeds, e.g. ``["39,346 params > max_params 30,000"]``; empty
+        within budget. Closed forms only: nothing is built."""
+        out = []
+        if self.max_params is not None and self.params_of(values) > self.max_params:
+            out.append(f"{self.params_of(values):,} params > max_params {self.max_params:,}")
+        if self.max_macs is not None and self.macs_of(values) > self.max_macs:
+            out.append(f"{self.macs_of(values):,} MACs > max_macs {self.max_macs:,}")
+        return out
+
     def over_budget(self, values) -> bool:
-        return self.max_params is not None and self.params_of(values) > self.max_params
+        return bool(self.budget_excess(values))
 
     def build_kwargs(self, values) -> dict:
         """``dmr_keras.build_model`` keyword arguments for ``values`` (JSON-friendly)."""
@@ -278,17 +291,19 @@ class DMRHyperModel(keras_tuner.HyperModel):
 
         Returns a dict: the metrics of the epoch with the best ``val_accuracy`` (the epoch whose
         weights keras-tuner checkpoints), ``params`` (the built model's trainable count),
+        ``macs`` (closed form, None without a fixed image size),
         ``time_s`` (the wall time of ``model.fit``) and ``replicas`` (of the strategy it ran
         under).
         """
         batch_size = int(hp.get("batch_size"))
         params = int(sum(math.prod(w.shape) for w in model.trainable_weights))
-        if self.max_params is not None and params > self.max_params:
-            # Only reachable with an oracle that does not apply the budget (a stock keras-tuner
-            # tuner): the oracles of tuning.search.make_tuner never propose such a config.
+        excess = self.budget_excess({k: v for k, v in hp.values.items() if k in HP_NAMES})
+        if excess:
+            # Only reachable with an oracle that does not apply the budgets (a stock keras-tuner
+            # tuner): the oracles of tuning.oracles.make_tuner never propose such a config.
             raise keras_tuner.errors.FailedTrialError(
-                f"{params:,} parameters > max_params {self.max_params:,}; use "
-                "tuning.make_tuner so that over-budget configurations are skipped, not run.")
+                f"{'; '.join(excess)}; use tuning.make_tuner so that over-budget configurations "
+                "are skipped, not run.")
         fit_kwargs = dict(kwargs)
         if callable(x) and not _is_dataset(x):
             train, val = x(batch_size)
@@ -322,9 +337,20 @@ class DMRHyperModel(keras_tuner.HyperModel):
         best = int(np.argmax(hist["val_accuracy"]))  # first best, as keras-tuner checkpoints
         metrics = {k: float(v[best]) for k, v in hist.items() if len(v) > best}
         strategy = getattr(model, "distribute_strategy", None)
+        macs = self.macs_of({k: v for k, v in hp.values.items() if k in HP_NAMES})
+        if macs is not None:
+            metrics["macs"] = macs
         metrics.update(params=params, time_s=round(elapsed, 3),
                        replicas=int(getattr(strategy, "num_replicas_in_sync", 1)))
         return metrics
+
+
+def _budget(name, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be None or an integer >= 1. Received: {name}={value!r}")
+    return int(value)
 
 
 def _is_dataset(obj) -> bool:

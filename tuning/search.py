@@ -4,358 +4,59 @@
 
 The same as a Python function: ``tuning.search.tune(dataset="digits", tuner="random", ...)``.
 
-Every argument is checked before any data is read or any model built. Each trial builds one
-configuration of :class:`tuning.DMRHyperModel` (blocks per stage n, width w, branches K, mapping,
-learning rate, weight decay, batch size), trains it for ``epochs`` epochs under the chosen
-distribution strategy and scores it by validation accuracy. Configurations over ``max_params``
-are skipped by the oracle: never built, never trained, never counted as failures, and listed as
-``skipped`` on the leaderboard. In ``DIRECTORY/PROJECT`` at the end: ``leaderboard.csv``,
-``leaderboard.json``, ``best.keras`` and its manifest ``best.json``, TensorBoard logs (``logs/``,
-one run per trial, with the HParams dashboard) and keras-tuner's state. Running the same command
-again after a kill continues the search: finished trials are not repeated.
+The orchestration: data, tuner, search, outputs. Every argument is checked before any data is
+read or any model built. Each trial builds one configuration of :class:`tuning.DMRHyperModel`
+(blocks per stage n, width w, branches K, mapping, learning rate, weight decay, batch size),
+trains it for ``epochs`` epochs under the chosen distribution strategy and scores it by its
+accuracy on a fixed, per-class held-out part of the training split (``val_fraction``, see
+``dmr_keras.data.load(..., holdout_fraction=...)``). The test split is touched once, at the end,
+by the best model (``test_accuracy``). Configurations over ``max_params`` or ``max_macs``
+(closed-form counts, :mod:`tuning.budget`) are skipped by the oracle: never built, never
+trained, never counted as failures, and listed as ``skipped`` on the leaderboard. In
+``DIRECTORY/PROJECT`` at the end: ``leaderboard.csv``, ``leaderboard.json``, ``pareto.csv`` and
+``pareto.png`` (:mod:`tuning.results`), ``best.keras`` and its manifest ``best.json``,
+TensorBoard logs (``logs/``, one run per trial, with the HParams dashboard) and keras-tuner's
+state. Running the same command again after a kill continues the search: finished trials are
+not repeated.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from pathlib import Path
 
-import keras_tuner  # noqa: E402
+import keras_tuner  # noqa: F401  (tuning.search.keras_tuner, as before the split)
 
-from dmr_keras import checks  # noqa: E402
-from dmr_keras.atomic import atomic_path, write_json, write_text  # noqa: E402
-from tuning.cli import DEFAULT_SPACE, STRATEGIES, TUNERS  # noqa: E402,F401  (the CLI's choices)
-from tuning.hypermodel import (  # noqa: E402
-    HP_NAMES,
-    DMRHyperModel,
-    architecture,
-    architecture_key,
+from dmr_keras import checks
+from dmr_keras.atomic import write_json, write_text
+from tuning.cli import DEFAULT_SPACE, STRATEGIES, TUNERS  # noqa: F401  (the CLI's choices)
+from tuning.hypermodel import DMRHyperModel
+from tuning.oracles import (  # noqa: F401  (re-exported: the names before the split)
+    OBJECTIVE,
+    BudgetBayesianOptimizationOracle,
+    BudgetHyperbandOracle,
+    BudgetRandomSearchOracle,
+    DMRHyperband,
+    DMRTuner,
+    check_tuner,
+    make_tuner,
+)
+from tuning.results import (  # noqa: F401  (re-exported: the names before the split)
+    LEADERBOARD_COLUMNS,
+    MANIFEST_FORMAT,
+    _leaderboard_csv,
+    export_best,
+    format_leaderboard,
+    leaderboard,
+    load_best,
+    write_pareto,
 )
 
-OBJECTIVE = "val_accuracy"
-MANIFEST_FORMAT = "dmr-keras-tuning-best/1"
-LEADERBOARD_COLUMNS = ("rank", "trial_id", "status", "n", "width", "branches", "mapping", "lr",
-                       "weight_decay", "batch_size", "params", "val_accuracy", "time_s", "note")
-# Settings that must match for `overwrite=False` to continue an existing project.
+# Settings that must match for `overwrite=False` to continue an existing project (a search
+# from before `val_fraction` was scored on the test split: it does not continue).
 _RESUME_KEYS = ("dataset", "tuner", "epochs", "seed", "max_params", "max_train_examples",
-                "validation_split") + tuple(DEFAULT_SPACE)
-# Draws of over-budget configurations an oracle rejects in a row before it ends the search.
-_MAX_REJECTIONS = 1000
-_RUNNING = keras_tuner.engine.trial.TrialStatus.RUNNING
-_COMPLETED = keras_tuner.engine.trial.TrialStatus.COMPLETED
-_FAILED = keras_tuner.engine.trial.TrialStatus.FAILED
-
-
-# ---- oracles that skip over-budget configurations ------------------------------------------
-
-
-class _BudgetOracleMixin:
-    """Makes an oracle propose only configurations within ``budget_model.max_params``.
-
-    Every new configuration of the random, Bayesian (initial points) and Hyperband oracles comes
-    from ``_random_values``; here a draw over budget is rejected and drawn again, so it never
-    becomes a trial: it is not built, trained, or counted as failed or towards ``max_trials``.
-    The Bayesian oracle's model-based proposals are checked in its ``populate_space`` and fall
-    back to an in-budget random draw. Each rejected architecture is recorded in ``skipped``
-    (saved in ``oracle.json``, so a resumed search keeps it) and reported on the leaderboard.
-
-    State files (``oracle.json``, ``trial_*/trial.json``) are written atomically, so a kill
-    never leaves a half-written one for the resumed search to read.
-    """
-
-    def __init__(self, *args, **kwargs):
-        self.budget_model = None  # a DMRHyperModel, set by make_tuner
-        self.skipped = {}  # architecture key -> {n, width, branches, mapping, params, proposals}
-        super().__init__(*args, **kwargs)
-
-    def _within_budget(self, values) -> bool:
-        model = self.budget_model
-        if model is None or model.max_params is None or model.params_of(values) <= \
-                model.max_params:
-            return True
-        arch = architecture(values)
-        key = architecture_key(arch)
-        record = self.skipped.get(key)
-        if record is None:
-            record = self.skipped[key] = {**arch, "params": model.params_of(values),
-                                          "proposals": 0}
-            if self.verbose:
-                print(f"Skipped {key}: {record['params']:,} parameters > max_params "
-                      f"{model.max_params:,} (not built, not trained).")
-        record["proposals"] += 1
-        return False
-
-    def _random_values(self):
-        for _ in range(_MAX_REJECTIONS):
-            values = super()._random_values()
-            if values is None or self._within_budget(values):
-                return values
-        return None  # only over-budget configurations are left: the search space is exhausted
-
-    def reload(self):
-        super().reload()
-        # A kill can land between a trial's final trial.json and the oracle's own state file:
-        # a trial whose file says it finished is never run again, and a trial whose file
-        # exists but that the oracle's state never recorded as started is run (again).
-        finished = (_COMPLETED, _FAILED)
-        self._retry_queue = [t for t in self._retry_queue
-                             if t in self.trials and self.trials[t].status not in finished]
-        for trial_id in sorted(self.trials):
-            status = self.trials[trial_id].status
-            if status in finished and trial_id not in self.end_order:
-                self.end_order.append(trial_id)
-            elif status not in finished and trial_id not in self._retry_queue:
-                self._retry_queue.append(trial_id)
-
-    def get_state(self):
-        state = super().get_state()
-        state["dmr_skipped"] = self.skipped
-        return state
-
-    def set_state(self, state):
-        super().set_state(state)
-        self.skipped = dict(state.get("dmr_skipped", {}))
-
-    def save(self):
-        write_json(self._get_oracle_fname(), self.get_state())
-
-    def _save_trial(self, trial):
-        write_json(Path(self._get_trial_dir(trial.trial_id)) / "trial.json", trial.get_state())
-
-
-class BudgetRandomSearchOracle(_BudgetOracleMixin, keras_tuner.oracles.RandomSearchOracle):
-    """Random search that skips configurations over the hypermodel's ``max_params``."""
-
-
-class BudgetHyperbandOracle(_BudgetOracleMixin, keras_tuner.oracles.HyperbandOracle):
-    """Hyperband whose new (random) configurations stay within ``max_params``."""
-
-
-class BudgetBayesianOptimizationOracle(_BudgetOracleMixin,
-                                       keras_tuner.oracles.BayesianOptimizationOracle):
-    """Bayesian optimisation that skips configurations over ``max_params``."""
-
-    def populate_space(self, trial_id):
-        response = super().populate_space(trial_id)
-        values = response.get("values")
-        if response["status"] == _RUNNING and values and not self._within_budget(values):
-            return self._random_populate_space()  # budget-filtered random draw
-        return response
-
-
-class _DMRTunerMixin:
-    def _populate_initial_space(self):
-        # DMRHyperModel declares its whole space (conditional entries included), so the models
-        # keras-tuner would build here to discover conditional hyperparameters are not needed.
-        if not isinstance(self.hypermodel, DMRHyperModel):
-            return super()._populate_initial_space()
-        hp = self.oracle.get_space()
-        self.hypermodel.declare_hyperparameters(hp)
-        self.oracle.update_space(hp)
-
-    def on_search_begin(self):
-        super().on_search_begin()
-        self.save()  # the tuner file marks the project as resumable before any trial runs
-
-    def save(self):
-        if not self._is_worker():
-            self.oracle.save()
-        write_json(self._get_tuner_fname(), self.get_state())
-
-
-class DMRTuner(_DMRTunerMixin, keras_tuner.Tuner):
-    """keras-tuner's ``Tuner`` with atomic state files (random and Bayesian searches)."""
-
-
-class DMRHyperband(_DMRTunerMixin, keras_tuner.Hyperband):
-    """keras-tuner's ``Hyperband`` tuner on a given (budget) oracle."""
-
-    def __init__(self, oracle, hypermodel, **kwargs):
-        keras_tuner.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
-
-
-def check_tuner(name) -> str:
-    if name not in TUNERS:
-        raise ValueError(f"Unknown `tuner`: {name!r}. Valid values: {', '.join(TUNERS)}")
-    return name
-
-
-def make_tuner(name: str, hypermodel: DMRHyperModel, *, max_trials: int = 3, epochs: int = 1,
-               seed: int = 0, directory="tuning_runs", project: str = "dmr",
-               overwrite: bool = False, distribution_strategy=None,
-               num_initial_points: int | None = None, hyperband_factor: int = 3,
-               max_consecutive_failed_trials: int = 3):
-    """A keras-tuner tuner for ``hypermodel`` whose oracle skips over-budget configurations.
-
-    ``name``: ``random``, ``bayesian`` or ``hyperband``. The objective is ``val_accuracy``.
-    Hyperband uses ``epochs`` as ``max_epochs`` and runs brackets until ``max_trials`` trials
-    exist. ``distribution_strategy`` (a ``tf.distribute`` strategy) runs every trial under it.
-    ``overwrite=False`` continues a search found in ``directory/project``.
-    """
-    check_tuner(name)
-    common = dict(objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
-                  seed=int(seed) + 1,  # keras-tuner replaces seed 0 by a random one
-                  max_consecutive_failed_trials=max_consecutive_failed_trials)
-    if name == "random":
-        oracle = BudgetRandomSearchOracle(max_trials=max_trials, **common)
-    elif name == "bayesian":
-        oracle = BudgetBayesianOptimizationOracle(
-            max_trials=max_trials, num_initial_points=num_initial_points, **common)
-    else:
-        oracle = BudgetHyperbandOracle(max_epochs=epochs, factor=hyperband_factor,
-                                       hyperband_iterations=None, **common)
-        oracle.max_trials = max_trials  # brackets repeat until max_trials trials exist
-    oracle.budget_model = hypermodel
-    cls = DMRHyperband if name == "hyperband" else DMRTuner
-    return cls(oracle=oracle, hypermodel=hypermodel, directory=str(directory),
-               project_name=project, overwrite=overwrite,
-               distribution_strategy=distribution_strategy)
-
-
-# ---- leaderboard and best model -----------------------------------------------------------
-
-
-def _metric(trial, name):
-    if trial.metrics.exists(name):
-        value = trial.metrics.get_last_value(name)
-        return None if value is None else float(value)
-    return None
-
-
-def leaderboard(tuner) -> list:
-    """One row per trial and per skipped architecture, best validation accuracy first.
-
-    Statuses: ``completed``, ``failed`` (keras-tuner's FAILED or INVALID), ``running`` (a trial
-    that was interrupted and not yet re-run) and ``skipped`` (over ``max_params``; ``note`` says
-    how often the oracle drew and rejected it).
-    """
-    model = tuner.hypermodel
-    trials = []
-    for trial in tuner.oracle.trials.values():
-        values = trial.hyperparameters.values
-        arch = architecture(values)
-        status = {"COMPLETED": "completed", "FAILED": "failed", "INVALID": "failed"}.get(
-            trial.status, str(trial.status).lower())
-        params = _metric(trial, "params")
-        note = ""
-        if status == "failed" and trial.message:
-            lines = [ln for ln in str(trial.message).strip().splitlines() if ln.strip()]
-            note = lines[-1][:200] if lines else ""
-        elif "tuner/trial_id" in values:
-            note = (f"hyperband round {values.get('tuner/round')}, continues trial "
-                    f"{values['tuner/trial_id']}")
-        trials.append({
-            "rank": None, "trial_id": trial.trial_id, "status": status, **arch,
-            "lr": values.get("lr"), "weight_decay": values.get("weight_decay"),
-            "batch_size": values.get("batch_size"),
-            "params": int(params) if params is not None else model.params_of(values),
-            "val_accuracy": float(trial.score) if status == "completed" and trial.score is not None
-            else None,
-            "time_s": _metric(trial, "time_s"), "note": note,
-        })
-    done = sorted((r for r in trials if r["val_accuracy"] is not None),
-                  key=lambda r: (-r["val_accuracy"], r["trial_id"]))
-    for i, row in enumerate(done, start=1):
-        row["rank"] = i
-    others = sorted((r for r in trials if r["val_accuracy"] is None),
-                    key=lambda r: r["trial_id"])
-    skipped = []
-    if model.max_params is not None:
-        drawn = getattr(tuner.oracle, "skipped", {})
-        for arch in sorted(model.architectures(), key=lambda a: (a["params"], architecture_key(a))):
-            if arch["params"] <= model.max_params:
-                continue
-            proposals = drawn.get(architecture_key(arch), {}).get("proposals", 0)
-            skipped.append({
-                "rank": None, "trial_id": None, "status": "skipped",
-                **{k: arch[k] for k in ("n", "width", "branches", "mapping")},
-                "lr": None, "weight_decay": None, "batch_size": None, "params": arch["params"],
-                "val_accuracy": None, "time_s": None,
-                "note": f"{arch['params']:,} params > max_params {model.max_params:,}; "
-                        f"not built or trained (oracle rejected {proposals} draw(s))",
-            })
-    return done + others + skipped
-
-
-def format_leaderboard(rows) -> str:
-    headers = ("#", "trial", "n", "w", "K", "mapping", "lr", "wd", "batch", "params",
-               "val acc", "time s", "status")
-
-    def cell(value, fmt="{}"):
-        return "-" if value is None else fmt.format(value)
-
-    table = [headers]
-    for r in rows:
-        table.append((cell(r["rank"]), cell(r["trial_id"]), cell(r["n"]), cell(r["width"], "{:g}"),
-                      cell(r["branches"]), r["mapping"], cell(r["lr"], "{:g}"),
-                      cell(r["weight_decay"], "{:g}"), cell(r["batch_size"]),
-                      cell(r["params"], "{:,}"), cell(r["val_accuracy"], "{:.4f}"),
-                      cell(r["time_s"], "{:.1f}"), r["status"]))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(headers))]
-    lines = ["  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _leaderboard_csv(rows) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LEADERBOARD_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: "" if r[k] is None else r[k] for k in LEADERBOARD_COLUMNS})
-    return buf.getvalue()
-
-
-def export_best(tuner, rows, project_dir, extra=None) -> dict | None:
-    """Save the best completed trial's model (its best epoch) as ``best.keras`` and the
-    manifest ``best.json`` beside it; return the manifest (None without a completed trial)."""
-
-    best = next((r for r in rows if r["status"] == "completed"), None)
-    if best is None:
-        return None
-    project_dir = Path(project_dir)
-    trial = tuner.oracle.get_trial(best["trial_id"])
-    values = {k: v for k, v in trial.hyperparameters.values.items() if k in HP_NAMES}
-    model = tuner.hypermodel.build(trial.hyperparameters.copy())  # outside any strategy scope
-    if model.optimizer is not None:
-        model.optimizer.build(model.trainable_variables)  # the checkpoint holds its state too
-    model.load_weights(tuner._get_checkpoint_fname(trial.trial_id))  # the best epoch's weights
-    with atomic_path(project_dir / "best.keras") as tmp:
-        model.save(tmp)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "model_path": "best.keras",
-        "trial_id": trial.trial_id,
-        "hyperparameters": values,
-        "build_kwargs": tuner.hypermodel.build_kwargs(values),
-        "val_accuracy": best["val_accuracy"],
-        "params": best["params"],
-        **(extra or {}),
-    }
-    write_json(project_dir / "best.json", manifest)
-    return manifest
-
-
-def load_best(path):
-    """The best model of a search: ``path`` is a ``best.json`` manifest or the project folder
-    holding it. The manifest's ``model_path`` is relative to the manifest's folder."""
-    import keras
-
-    import dmr_keras  # noqa: F401  (registers the layers for deserialization)
-
-    path = Path(path)
-    manifest_path = path / "best.json" if path.is_dir() else path
-    if not manifest_path.is_file():
-        raise ValueError(f"No tuning manifest at {manifest_path} (expected best.json from "
-                         "dmr-tune).")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{manifest_path} is not a dmr-tune manifest (format "
-                         f"{manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}).")
-    return keras.saving.load_model(manifest_path.parent / manifest["model_path"])
+                "validation_split") + tuple(DEFAULT_SPACE) + ("max_macs", "val_fraction")
 
 
 # ---- the search ---------------------------------------------------------------------------
@@ -367,6 +68,25 @@ def _dataset_classes(spec, data_lib) -> int:
     if spec in known:
         return known[spec]
     return len(data_lib._scan_folder(spec[len(data_lib.FOLDER_PREFIX):])[0])
+
+
+def _dataset_image_shape(spec, data_lib) -> tuple:
+    """The image shape a checked dataset spec loads with (``tune`` uses each dataset's default
+    size), without loading it: MAC budgets are checked before any data is read."""
+    if spec == "imagenet2012":
+        return (data_lib.IMAGENET_IMAGE_SIZE, data_lib.IMAGENET_IMAGE_SIZE, 3)
+    if spec.startswith(data_lib.FOLDER_PREFIX):
+        return (data_lib.DEFAULT_FOLDER_IMAGE_SIZE, data_lib.DEFAULT_FOLDER_IMAGE_SIZE, 3)
+    return (32, 32, 3)
+
+
+def _remove_stale_temp_files(project_dir: Path) -> None:
+    """Remove what a kill mid-write left behind: the temporary files of
+    :func:`dmr_keras.atomic.atomic_path` (``.NAME.XXXX.tmp*``), whose targets are intact."""
+    if project_dir.is_dir():
+        for path in project_dir.rglob(".*.tmp*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def _check_resume(project_dir: Path, config: dict, overwrite: bool) -> None:
@@ -413,6 +133,8 @@ def tune(
     directory: str = "tuning_runs",
     project: str = "dmr",
     max_params: int | None = None,
+    max_macs: int | None = None,
+    val_fraction: float = 0.1,
     seed: int = 0,
     overwrite: bool = False,
     depths_n=DEFAULT_SPACE["depths_n"],
@@ -431,7 +153,11 @@ def tune(
 ) -> dict:
     """Search ``DMRHyperModel``'s space on ``dataset``; returns the search's summary.
 
-    Args mirror the ``dmr-tune`` flags. ``max_train_examples`` caps the training images per
+    Args mirror the ``dmr-tune`` flags. ``val_fraction`` of each class of the training split is
+    held out (fixed, independent of ``seed``) to score the trials; ``validation_split`` is the
+    held-out test part of a ``folder:`` without a train/test layout, as for ``dmr-train``.
+    ``max_params`` / ``max_macs`` (MACs per image at the dataset's image size) bound the
+    configurations proposed. ``max_train_examples`` caps the training images per
     epoch (the first ``max_train_examples // batch_size`` batches of each shuffled epoch), for
     quick searches. ``overwrite=False`` continues a search found in ``directory/project`` (it
     must have the same dataset, space, epochs, seed and budget; ``max_trials`` may grow).
@@ -440,8 +166,9 @@ def tune(
     (:func:`dmr_keras.training.run_settings`).
 
     Returns:
-        ``{"project_dir", "leaderboard" (rows, best first), "best" (the best.json manifest, or
-        None), "completed", "failed", "skipped", "wall_time_s", "strategy", "replicas"}``.
+        ``{"project_dir", "leaderboard" (rows, best first), "pareto" (the pareto.csv rows),
+        "best" (the best.json manifest, or None), "completed", "failed", "skipped",
+        "wall_time_s", "strategy", "replicas"}``.
     """
 
     from dmr_keras import data as data_lib
@@ -455,6 +182,10 @@ def tune(
     checks.integer("seed", seed, 0)
     checks.integer("max_train_examples", max_train_examples, 1, allow_none=True)
     checks.integer("cpu_devices", cpu_devices, 1, allow_none=True)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or \
+            not 0 < val_fraction < 1:
+        raise ValueError("`val_fraction` must be a number strictly between 0 and 1 (the part of "
+                         f"each class held out to score trials). Received: {val_fraction!r}")
     if strategy not in STRATEGIES:
         hint = (" (multi-worker training is not supported by keras-tuner's per-trial "
                 "strategies)" if strategy == "multiworker" else "")
@@ -463,14 +194,16 @@ def tune(
     hypermodel = DMRHyperModel(
         depths_n=depths_n, widths=widths, branches=branches, mappings=mappings, lrs=lrs,
         weight_decays=weight_decays, batch_sizes=batch_sizes, max_params=max_params,
-        classes=_dataset_classes(dataset, data_lib), epochs=epochs, seed=seed)
+        max_macs=max_macs, classes=_dataset_classes(dataset, data_lib),
+        input_shape=_dataset_image_shape(dataset, data_lib), epochs=epochs, seed=seed)
     project_dir = Path(directory) / project
     config = dict(dataset=dataset, tuner=tuner, epochs=epochs, seed=seed, max_params=max_params,
                   max_train_examples=max_train_examples, validation_split=validation_split,
                   depths_n=list(hypermodel.depths_n), widths=list(hypermodel.widths),
                   branches=list(hypermodel.branches), mappings=list(hypermodel.mappings),
                   lrs=list(hypermodel.lrs), weight_decays=list(hypermodel.weight_decays),
-                  batch_sizes=list(hypermodel.batch_sizes))
+                  batch_sizes=list(hypermodel.batch_sizes), max_macs=max_macs,
+                  val_fraction=float(val_fraction))
     _check_resume(project_dir, config, overwrite)
 
     # Devices and the strategy before seeding (which starts TensorFlow's context).
@@ -487,17 +220,21 @@ def tune(
         return _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib,
                        max_trials=max_trials, epochs=epochs, seed=seed, directory=directory,
                        project=project, overwrite=overwrite, data_dir=data_dir,
-                       validation_split=validation_split,
+                       validation_split=validation_split, val_fraction=float(val_fraction),
                        max_train_examples=max_train_examples, verbose=verbose)
 
 
 def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, max_trials,
             epochs, seed, directory, project, overwrite, data_dir, validation_split,
-            max_train_examples, verbose):
+            val_fraction, max_train_examples, verbose):
     import keras
 
-    _, _, info = data_lib.load(dataset, batch_size=min(hypermodel.batch_sizes), seed=seed,
-                               data_dir=data_dir, validation_split=validation_split)
+    def load(batch_size, holdout):
+        return data_lib.load(dataset, batch_size=batch_size, seed=seed, data_dir=data_dir,
+                             validation_split=validation_split, holdout_fraction=holdout)
+
+    # Trials see the training split only: its held-out part scores them.
+    _, _, info = load(min(hypermodel.batch_sizes), val_fraction)
     train_examples = min(info.train_examples, max_train_examples or info.train_examples)
     too_big = [b for b in hypermodel.batch_sizes if b > train_examples]
     if too_big:
@@ -507,13 +244,12 @@ def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, 
     hypermodel.train_examples = train_examples
 
     def data_fn(batch_size):
-        train_ds, eval_ds, _ = data_lib.load(dataset, batch_size=batch_size, seed=seed,
-                                             data_dir=data_dir,
-                                             validation_split=validation_split)
+        train_ds, eval_ds, _ = load(batch_size, val_fraction)
         if max_train_examples:
             train_ds = train_ds.take(train_examples // batch_size)
         return train_ds, eval_ds
 
+    _remove_stale_temp_files(project_dir)
     search_tuner = make_tuner(tuner, hypermodel, max_trials=max_trials, epochs=epochs,
                               seed=seed, directory=directory, project=project,
                               overwrite=overwrite, distribution_strategy=plan.strategy)
@@ -527,6 +263,9 @@ def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, 
     print(f"Tuning on {dataset}: {tuner} search, up to {max_trials} trials of {epochs} "
           f"epoch(s), {len(hypermodel.architectures())} architectures"
           + (f", max_params {hypermodel.max_params:,}" if hypermodel.max_params else "")
+          + (f", max_macs {hypermodel.max_macs:,}" if hypermodel.max_macs else "")
+          + f"; scored on {info.eval_examples} images held out of the training split "
+          f"(val_fraction {val_fraction:g}), trained on {info.train_examples}"
           + f", {plan.description} -> {project_dir}")
     start = time.perf_counter()
     search_tuner.search(data_fn, epochs=epochs, callbacks=callbacks, verbose=min(verbose, 2))
@@ -534,27 +273,41 @@ def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, 
 
     rows = leaderboard(search_tuner)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "failed", "skipped")}
+    # The test split, touched once: by the best model.
+    _, test_ds, test_info = load(max(hypermodel.batch_sizes), 0.0)
+    splits = {"train_examples": info.train_examples, "val_examples": info.eval_examples,
+              "test_examples": test_info.eval_examples, "val_fraction": val_fraction,
+              "test_split": test_info.eval_split}
+    best = export_best(search_tuner, rows, project_dir, test_data=test_ds,
+                       extra=dict(dataset=dataset, mean=list(info.mean), std=list(info.std),
+                                  input_shape=list(info.image_shape),
+                                  classes=info.num_classes, tuner=tuner, epochs=epochs,
+                                  splits=splits))
     table = format_leaderboard(rows)
     write_text(project_dir / "leaderboard.csv", _leaderboard_csv(rows))
     write_json(project_dir / "leaderboard.json",
                {"objective": OBJECTIVE, "max_params": hypermodel.max_params,
-                "max_trials": max_trials, "rows": rows})
-    best = export_best(search_tuner, rows, project_dir,
-                       extra=dict(dataset=dataset, mean=list(info.mean), std=list(info.std),
-                                  input_shape=list(info.image_shape),
-                                  classes=info.num_classes, tuner=tuner, epochs=epochs))
+                "max_macs": hypermodel.max_macs, "max_trials": max_trials, "splits": splits,
+                "rows": rows})
+    front = write_pareto(rows, project_dir)
     print(table)
     ran = len(search_tuner.oracle.trials)
+    budgets = [name for name, value in (("max_params", hypermodel.max_params),
+                                        ("max_macs", hypermodel.max_macs)) if value is not None]
     print(f"{counts['completed']} completed, {counts['failed']} failed"
-          + (f", {counts['skipped']} architecture(s) skipped (over max_params)"
-             if hypermodel.max_params is not None else "")
+          + (f", {counts['skipped']} architecture(s) skipped (over {' / '.join(budgets)})"
+             if budgets else "")
           + f"; search time {wall:.1f} s"
           + (f"; the space had no more untried configurations after {ran} of {max_trials} "
              "trials" if ran < max_trials else ""))
     if best:
         print(f"best: trial {best['trial_id']} val_accuracy {best['val_accuracy']:.4f} "
-              f"-> {project_dir / 'best.keras'}")
-    return {"project_dir": str(project_dir), "leaderboard": rows, "best": best,
+              f"({info.eval_examples} held-out training images), test_accuracy "
+              f"{best['test_accuracy']:.4f} ({test_info.eval_examples} {test_info.eval_split} "
+              f"images) -> {project_dir / 'best.keras'}")
+    print(f"Pareto front: {len(front)} trial(s) -> {project_dir / 'pareto.csv'}, "
+          f"{project_dir / 'pareto.png'}")
+    return {"project_dir": str(project_dir), "leaderboard": rows, "pareto": front, "best": best,
             **counts, "wall_time_s": round(wall, 2), "strategy": plan.name,
             "replicas": plan.num_replicas}
 

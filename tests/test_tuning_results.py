@@ -1,4 +1,4 @@
-"""tuning.leaderboard: the Pareto front, and honest selection (val held out of train, test once)."""
+"""tuning.results: the Pareto front; honest selection (val held out of train, test once)."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ from dmr_keras import data
 from dmr_keras.data import digits_split
 from dmr_keras.digits import load_digits_images
 from tuning import pareto_front, tune
-from tuning.leaderboard import PARETO_COLUMNS, pareto_rows, write_pareto
+from tuning.results import PARETO_COLUMNS, pareto_rows, write_pareto
 
 # ---- the Pareto front on a hand-made leaderboard ----------------------------------------
 

@@ -34,6 +34,9 @@ setup(
         "jax": ["jax"],
         "export": ["tf2onnx>=1.17", "onnx>=1.14", "onnxruntime>=1.13"],
         "hub": ["keras-hub>=0.32"],
+        # bench/peer_torch.py's PyTorch peer (bench only; tests/test_peer_torch.py skips
+        # without it). Not in dev: an unpinned torch resolves to a CUDA build of several GB.
+        "bench": ["torch"],
         "dev": ["pytest", "pytest-timeout", "jax", "tf2onnx>=1.17", "onnx>=1.14",
                 "onnxruntime>=1.13", "keras-hub>=0.32"],
     },

@@ -88,7 +88,8 @@ def test_pretrained_digits_need_the_scale(digits):
     0-16 -> 0-255 scale is near chance, and now says so."""
     _, test_idx = data.digits_split()  # the package's fixed split: 360 held-out digits
     labels = digits.target[test_idx]
-    model = zoo.create_model("dmrnet_8_tiny", weights="digits")
+    # preprocess_input is for the bare network (the default with weights takes 0-255 pixels)
+    model = zoo.create_model("dmrnet_8_tiny", weights="digits", include_preprocessing=False)
 
     def accuracy(x):
         pred = np.argmax(np.asarray(model.predict(x, batch_size=120, verbose=0)), axis=1)

@@ -308,11 +308,17 @@ def test_publish_a_run_and_load_it_by_tag(digits_run, tmp_path, monkeypatch):
     monkeypatch.setenv("DMR_KERAS_MIRROR", str(tmp_path / "w"))
     monkeypatch.setenv("DMR_KERAS_HOME", str(tmp_path / "cache"))
     assert "dmrnet_8_tiny.mytag" in zoo.list_models(pretrained=True)
-    model = zoo.create_model("dmrnet_8_tiny.mytag")
-    reference = keras.saving.load_model(out / "model.keras")
+    reference = keras.saving.load_model(out / "model.keras")  # trained on normalised input
     x = np.random.default_rng(0).random((4, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(np.asarray(model(x, training=False)),
+    bare = zoo.create_model("dmrnet_8_tiny.mytag", include_preprocessing=False)
+    np.testing.assert_allclose(np.asarray(bare(x, training=False)),
                                np.asarray(reference(x, training=False)), atol=1e-6)
+    # by default the published entry's model takes 0-255 pixels: the run's normalisation inside
+    model = zoo.create_model("dmrnet_8_tiny.mytag")
+    mean, std = np.asarray(entry.preprocessing["mean"]), np.asarray(entry.preprocessing["std"])
+    pixels = ((x * std + mean) * 255.0).astype("float32")
+    np.testing.assert_allclose(np.asarray(model(pixels, training=False)),
+                               np.asarray(reference(x, training=False)), atol=1e-5)
 
 
 def test_finetune_from_a_zoo_tag(tmp_path):

@@ -107,19 +107,21 @@ import numpy as np
 import tensorflow as tf
 
 from dmr_keras import checks
+from dmr_keras.dataset_stats import (  # noqa: F401  (re-exported: data.CIFAR10_MEAN, ...)
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SVHN_MEAN,
+    SVHN_STD,
+)
 
 DATASETS = ("cifar10", "cifar100", "svhn", "imagenet2012", "digits")
 FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-SVHN_MEAN = (0.4377, 0.4438, 0.4728)
-SVHN_STD = (0.1980, 0.2010, 0.1970)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DIGITS_TEST_EXAMPLES = 360
 DIGITS_SPLIT_SEED = 0

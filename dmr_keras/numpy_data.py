@@ -42,11 +42,10 @@ import sys
 import numpy as np
 
 from dmr_keras.atomic import atomic_path
+from dmr_keras.dataset_stats import CIFAR10_MEAN, CIFAR10_STD
 
 # The same constants as dmr_keras.data (which imports TensorFlow, so they are repeated here; a
-# test checks that they are equal).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# test checks that they are equal). The mean and std come from dmr_keras.dataset_stats.
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")

@@ -21,17 +21,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dmr_keras.arch import _DEFAULTS
+from dmr_keras.dataset_stats import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     import keras
 
 # The normalisation a form's networks are trained with when nothing else is known (the
 # dataset the form is made for): CIFAR-10's for the CIFAR form, ImageNet's for the others.
-# The same numbers as dmr_keras.data, kept here so that reading them does not import TensorFlow.
 _FORM_DATA = {
-    "cifar": dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-                  crop_pct=1.0, dataset="cifar10"),
-    "imagenet": dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875,
+    "cifar": dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_pct=1.0, dataset="cifar10"),
+    "imagenet": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875,
                      dataset="imagenet2012"),
 }
 INTERPOLATION = "bilinear"  # how dmr_keras.data resizes images (folders, ImageNet)

@@ -371,11 +371,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
     ``history`` carries the per-epoch logs of earlier (killed) attempts. With
     ``enabled=False`` (a non-chief worker) the model is still saved, to a scratch file that is
     removed, because a save under a multi-worker strategy is a collective operation.
+    ``weights_only=True`` saves ``epoch-NNNN.weights.h5`` (``model.save_weights``: the weights
+    and, once the optimizer is built, its variables and step counter) instead, for a model that
+    is rebuilt from code before it is resumed (a tuning trial).
     """
 
     def __init__(self, directory, history: dict | None = None, keep: int = 2, enabled=True,
-                 epoch_times: dict | None = None):
+                 epoch_times: dict | None = None, weights_only: bool = False):
         super().__init__()
+        self.weights_only = bool(weights_only)
+        self.suffix = ".weights.h5" if self.weights_only else ".keras"
         self.directory = Path(directory)
         self.history = {k: list(v) for k, v in (history or {}).items()}
         self.keep = keep
@@ -393,17 +398,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self.epoch_times[str(epoch + 1)] = round(time.perf_counter() - self._started, 3)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
+        save = self.model.save_weights if self.weights_only else self.model.save
         if not self.enabled:
-            with scratch_path(".keras") as tmp:
-                self.model.save(tmp)
+            with scratch_path(self.suffix) as tmp:
+                save(tmp)
             return
-        name = f"epoch-{epoch + 1:04d}.keras"
+        name = f"epoch-{epoch + 1:04d}{self.suffix}"
         with atomic_path(self.directory / name) as tmp:
-            self.model.save(tmp)
+            save(tmp)
         write_json(self.directory / CHECKPOINT_STATE,
                    {"epoch": epoch + 1, "file": name, "history": self.history,
                     "epoch_times_s": self.epoch_times})
-        for old in sorted(self.directory.glob("epoch-*.keras"))[: -self.keep]:
+        for old in sorted(self.directory.glob(f"epoch-*{self.suffix}"))[: -self.keep]:
             old.unlink()
 
 

@@ -31,6 +31,7 @@ from dmr_keras.models import build_model, model_depth
 from tuning.budget import BASE as _BASE
 from tuning.budget import count_macs, count_params
 
+OBJECTIVE_NAME = "val_accuracy"  # the objective every tuner of tuning.oracles maximises
 HP_NAMES = ("n", "width", "branches", "mapping", "lr", "weight_decay", "batch_size")
 _PREFIX = {"merge_and_run": "dmrnet", "identity": "dilnet", "resnet": "resnet"}
 
@@ -275,26 +276,46 @@ class DMRHyperModel(keras_tuner.HyperModel):
             lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=int(self.epochs) * steps)
         model.compile(optimizer=training.make_optimizer(lr),
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        # Built now, so that loading a checkpoint (keras-tuner's Hyperband continuation, a
+        # resumed trial) restores the optimizer's momentum and step counter with the weights:
+        # an unbuilt optimizer skips them, and the schedule would restart at its peak.
+        model.optimizer.build(model.trainable_variables)
         return model
 
-    def fit(self, hp, model, x=None, y=None, *, validation_data=None, **kwargs):
+    def fit(self, hp, model, x=None, y=None, *, validation_data=None, checkpoints=None,
+            **kwargs):
         """Train ``model`` with the trial's batch size; return the best epoch's metrics.
 
         The data is batched here, so it must come unbatched or as a factory:
 
         - a callable ``x(batch_size) -> (train_dataset, validation_dataset)`` returning batched
-          ``tf.data`` datasets (``tuning.search.tune`` passes one around ``dmr_keras.data.load``);
+          ``tf.data`` datasets; if the callable has ``epoch_keyed = True`` it is called as
+          ``x(batch_size, epochs=E, initial_epoch=I)`` and returns ``(train, validation,
+          steps_per_epoch)``, the train dataset holding epochs ``I..E-1`` back to back, each a
+          function of (seed, epoch) only (``tuning.search.tune`` passes one around
+          ``dmr_keras.data.load(..., epochs=, initial_epoch=)``), so a resumed or continued
+          trial trains on exactly the batches of an uninterrupted one;
         - NumPy arrays ``x``, ``y`` (``validation_data=(x_val, y_val)``);
         - an unbatched ``tf.data.Dataset`` of ``(image, label)`` pairs (and an unbatched
           validation dataset), batched here (training batches drop the remainder); shuffle it
           beforehand (``ds.shuffle(n)``), as for any dataset given to ``model.fit``.
 
+        ``checkpoints`` (passed by the tuners of :func:`tuning.oracles.make_tuner`):
+        ``{"directory": trial's epoch checkpoints, "parent": the directory of the trial this
+        one continues (Hyperband) or None}``. The model's weights and optimizer state are saved
+        there after every epoch (atomically); a trial run again after a kill continues after
+        its last saved epoch, and a Hyperband continuation starts from its parent's last epoch
+        with the parent's optimizer state and step counter, so the learning-rate schedule
+        continues where the parent stopped.
+
         Returns a dict: the metrics of the epoch with the best ``val_accuracy`` (the epoch whose
-        weights keras-tuner checkpoints), ``params`` (the built model's trainable count),
-        ``macs`` (closed form, None without a fixed image size),
-        ``time_s`` (the wall time of ``model.fit``) and ``replicas`` (of the strategy it ran
-        under).
+        weights keras-tuner checkpoints; over all attempts of a resumed trial), ``params`` (the
+        built model's trainable count), ``macs`` (closed form, None without a fixed image size),
+        ``time_s`` (the wall time of training, over all attempts), ``replicas`` (of the strategy
+        it ran under) and ``initial_epoch`` (where this attempt started).
         """
+        from dmr_keras import training
+
         batch_size = int(hp.get("batch_size"))
         params = int(sum(math.prod(w.shape) for w in model.trainable_weights))
         excess = self.budget_excess({k: v for k, v in hp.values.items() if k in HP_NAMES})
@@ -305,7 +326,27 @@ class DMRHyperModel(keras_tuner.HyperModel):
                 f"{'; '.join(excess)}; use tuning.make_tuner so that over-budget configurations "
                 "are skipped, not run.")
         fit_kwargs = dict(kwargs)
-        if callable(x) and not _is_dataset(x):
+        epochs = int(fit_kwargs.get("epochs", 1))
+        initial_epoch = int(fit_kwargs.get("initial_epoch", 0))
+        history, epoch_times = {}, {}
+        if checkpoints is not None:
+            own = training.latest_checkpoint(checkpoints["directory"])
+            parent = (training.latest_checkpoint(checkpoints["parent"])
+                      if checkpoints.get("parent") and initial_epoch else None)
+            if own is not None:  # this trial ran before and was killed: continue it
+                initial_epoch = min(int(own["epoch"]), epochs)
+                history, epoch_times = own.get("history", {}), own.get("epoch_times_s", {})
+                model.load_weights(own["path"])
+            elif parent is not None and int(parent["epoch"]) == initial_epoch:
+                model.load_weights(parent["path"])  # the parent's last epoch, optimizer too
+            fit_kwargs["initial_epoch"] = initial_epoch
+        if getattr(x, "epoch_keyed", False) and not _is_dataset(x):
+            train, val, steps = x(batch_size, epochs=epochs, initial_epoch=initial_epoch)
+            if validation_data is None:
+                validation_data = val
+            args = (train,)
+            fit_kwargs["steps_per_epoch"] = int(steps)
+        elif callable(x) and not _is_dataset(x):
             train, val = x(batch_size)
             if validation_data is None:
                 validation_data = val
@@ -328,10 +369,20 @@ class DMRHyperModel(keras_tuner.HyperModel):
                              "val_accuracy.")
         if _is_dataset(args[0]):
             fit_kwargs.setdefault("shuffle", False)  # datasets come shuffled (or not) as given
+        saver = None
+        if checkpoints is not None:
+            callbacks = list(fit_kwargs.get("callbacks") or [])
+            _continue_best_epoch(callbacks, history)
+            saver = training.EpochCheckpoint(checkpoints["directory"], history=history, keep=1,
+                                             epoch_times=epoch_times, weights_only=True)
+            fit_kwargs["callbacks"] = callbacks + [saver]
         start = time.perf_counter()
-        history = model.fit(*args, validation_data=validation_data, **fit_kwargs)
+        if initial_epoch < epochs:
+            fit_history = model.fit(*args, validation_data=validation_data, **fit_kwargs).history
+        else:  # killed after its last epoch was saved, before the oracle heard of it
+            fit_history = {}
         elapsed = time.perf_counter() - start
-        hist = history.history
+        hist = saver.history if saver is not None else fit_history
         if not hist.get("val_accuracy"):
             raise keras_tuner.errors.FailedTrialError("Training produced no val_accuracy.")
         best = int(np.argmax(hist["val_accuracy"]))  # first best, as keras-tuner checkpoints
@@ -340,9 +391,23 @@ class DMRHyperModel(keras_tuner.HyperModel):
         macs = self.macs_of({k: v for k, v in hp.values.items() if k in HP_NAMES})
         if macs is not None:
             metrics["macs"] = macs
-        metrics.update(params=params, time_s=round(elapsed, 3),
+        if saver is not None:
+            elapsed = sum(saver.epoch_times.values())
+        metrics.update(params=params, time_s=round(elapsed, 3), initial_epoch=initial_epoch,
                        replicas=int(getattr(strategy, "num_replicas_in_sync", 1)))
         return metrics
+
+
+def _continue_best_epoch(callbacks, history):
+    """Tell keras-tuner's best-epoch checkpoint callback (``SaveBestEpoch``: the callback with
+    ``objective`` and ``best_value``) the best objective of a resumed trial's earlier epochs,
+    so that its first resumed epoch does not replace a better saved one."""
+    values = history.get(OBJECTIVE_NAME) or []
+    if not values:
+        return
+    for callback in callbacks:
+        if hasattr(callback, "best_value") and hasattr(callback, "objective"):
+            callback.best_value = max(float(callback.best_value), max(values))
 
 
 def _budget(name, value):

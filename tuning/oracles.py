@@ -14,11 +14,13 @@ import keras_tuner
 
 from dmr_keras.atomic import write_json
 from tuning.cli import TUNERS
-from tuning.hypermodel import DMRHyperModel, architecture, architecture_key
+from tuning.hypermodel import OBJECTIVE_NAME, DMRHyperModel, architecture, architecture_key
 
-OBJECTIVE = "val_accuracy"
+OBJECTIVE = OBJECTIVE_NAME
 # Draws of over-budget configurations an oracle rejects in a row before it ends the search.
 _MAX_REJECTIONS = 1000
+# Each trial's per-epoch checkpoints (weights and optimizer state): trial_ID/epochs/.
+TRIAL_CHECKPOINTS = "epochs"
 _RUNNING = keras_tuner.engine.trial.TrialStatus.RUNNING
 _COMPLETED = keras_tuner.engine.trial.TrialStatus.COMPLETED
 _FAILED = keras_tuner.engine.trial.TrialStatus.FAILED
@@ -131,6 +133,18 @@ class _DMRTunerMixin:
         hp = self.oracle.get_space()
         self.hypermodel.declare_hyperparameters(hp)
         self.oracle.update_space(hp)
+
+    def run_trial(self, trial, *args, **kwargs):
+        # Epoch checkpoints in the trial's directory (DMRHyperModel.fit saves and resumes
+        # them): a trial run again after a kill continues after its last epoch, and a
+        # Hyperband continuation starts from its parent's last epoch and optimizer state.
+        if isinstance(self.hypermodel, DMRHyperModel):
+            parent = trial.hyperparameters.values.get("tuner/trial_id")
+            kwargs["checkpoints"] = {
+                "directory": Path(self.get_trial_dir(trial.trial_id)) / TRIAL_CHECKPOINTS,
+                "parent": (Path(self.get_trial_dir(parent)) / TRIAL_CHECKPOINTS
+                           if parent else None)}
+        return super().run_trial(trial, *args, **kwargs)
 
     def on_search_begin(self):
         super().on_search_begin()

@@ -23,7 +23,7 @@ setup(
         "numpy",
         "tensorflow",
         "tensorflow-datasets",
-        "keras-tuner",
+        "keras-tuner>=1.4.8,<1.5",  # tested: tests/test_tuning_contract.py checks its internals
         "tensorboard",
         "scikit-learn",
         "matplotlib",

@@ -17,7 +17,11 @@ trained, never counted as failures, and listed as ``skipped`` on the leaderboard
 ``pareto.png`` (:mod:`tuning.results`), ``best.keras`` and its manifest ``best.json``,
 TensorBoard logs (``logs/``, one run per trial, with the HParams dashboard) and keras-tuner's
 state. Running the same command again after a kill continues the search: finished trials are
-not repeated.
+not repeated, and the interrupted trial continues after its last saved epoch (each trial saves
+its weights and optimizer state every epoch in ``trial_ID/epochs/``; see
+:meth:`tuning.hypermodel.DMRHyperModel.fit`). With keras-tuner's ``KERASTUNER_*`` variables
+the same command runs one search over several machines (:mod:`tuning.distributed`): the chief
+serves the oracle and writes the outputs, the workers train the trials.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import keras_tuner  # noqa: F401  (tuning.search.keras_tuner, as before the spli
 
 from dmr_keras import checks
 from dmr_keras.atomic import write_json, write_text
+from tuning import distributed
 from tuning.cli import DEFAULT_SPACE, STRATEGIES, TUNERS  # noqa: F401  (the CLI's choices)
 from tuning.hypermodel import DMRHyperModel
 from tuning.oracles import (  # noqa: F401  (re-exported: the names before the split)
@@ -80,13 +85,49 @@ def _dataset_image_shape(spec, data_lib) -> tuple:
     return (32, 32, 3)
 
 
-def _remove_stale_temp_files(project_dir: Path) -> None:
+def _remove_stale_temp_files(project_dir: Path, targets=None) -> None:
     """Remove what a kill mid-write left behind: the temporary files of
-    :func:`dmr_keras.atomic.atomic_path` (``.NAME.XXXX.tmp*``), whose targets are intact."""
+    :func:`dmr_keras.atomic.atomic_path` (``.NAME.XXXX.tmp*``), whose targets are intact.
+
+    ``targets`` (names relative to ``project_dir``, globs allowed: ``trial_*/trial.json``): only
+    the temporary files of these, for a distributed search, whose other processes may be
+    writing their own files at this moment.
+    """
     if project_dir.is_dir():
-        for path in project_dir.rglob(".*.tmp*"):
+        paths = project_dir.rglob(".*.tmp*") if targets is None else (
+            path for target in targets
+            for path in project_dir.glob(str(Path(target).parent / f".{Path(target).name}.*.tmp*")))
+        for path in paths:
             if path.is_file():
                 path.unlink(missing_ok=True)
+
+
+def _chief_files(tuner_id: str) -> tuple:
+    """The files only the chief of a distributed search writes (relative to its project)."""
+    return ("search.json", "oracle.json", f"{tuner_id}.json", "trial_*/trial.json",
+            "leaderboard.csv", "leaderboard.json", "pareto.csv", "pareto.png", "best.keras",
+            "best.json")
+
+
+def _report_worker_trials(search_tuner, tuner_id: str) -> list:
+    """On a worker: print each trial it starts and ends, and return the list it fills with
+    ``(trial id, status)`` of the trials it ran (the chief's oracle does not record which
+    process ran a trial)."""
+    ran = []
+    begin, end = search_tuner.on_trial_begin, search_tuner.on_trial_end
+
+    def on_trial_begin(trial):
+        print(f"Worker {tuner_id}: trial {trial.trial_id} started", flush=True)
+        begin(trial)
+
+    def on_trial_end(trial):
+        end(trial)
+        ran.append((trial.trial_id, str(trial.status)))
+        print(f"Worker {tuner_id}: trial {trial.trial_id} {str(trial.status).lower()}",
+              flush=True)
+
+    search_tuner.on_trial_begin, search_tuner.on_trial_end = on_trial_begin, on_trial_end
+    return ran
 
 
 def _check_resume(project_dir: Path, config: dict, overwrite: bool) -> None:
@@ -168,7 +209,13 @@ def tune(
     Returns:
         ``{"project_dir", "leaderboard" (rows, best first), "pareto" (the pareto.csv rows),
         "best" (the best.json manifest, or None), "completed", "failed", "skipped",
-        "wall_time_s", "strategy", "replicas"}``.
+        "wall_time_s", "strategy", "replicas", "role", "tuner_id"}``. ``role`` is ``single``,
+        or, in keras-tuner's distributed mode (``KERASTUNER_TUNER_ID``,
+        ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``; :mod:`tuning.distributed`),
+        ``chief`` (serves the oracle until the search ends, then writes everything as a single
+        process does) or ``worker``, which trains trials and writes none of the search's
+        outputs; a worker returns ``{"project_dir", "role", "tuner_id", "trials" (the ids it
+        ran), "completed", "failed", "wall_time_s", "strategy", "replicas"}``.
     """
 
     from dmr_keras import data as data_lib
@@ -191,6 +238,8 @@ def tune(
                 "strategies)" if strategy == "multiworker" else "")
         raise ValueError(f"Unknown `strategy`: {strategy!r}{hint}. Valid values: "
                          f"{', '.join(STRATEGIES)}")
+    dist = distributed.settings()  # KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP / _PORT
+    distributed.check_chief_address(dist)
     hypermodel = DMRHyperModel(
         depths_n=depths_n, widths=widths, branches=branches, mappings=mappings, lrs=lrs,
         weight_decays=weight_decays, batch_sizes=batch_sizes, max_params=max_params,
@@ -221,17 +270,18 @@ def tune(
                        max_trials=max_trials, epochs=epochs, seed=seed, directory=directory,
                        project=project, overwrite=overwrite, data_dir=data_dir,
                        validation_split=validation_split, val_fraction=float(val_fraction),
-                       max_train_examples=max_train_examples, verbose=verbose)
+                       max_train_examples=max_train_examples, verbose=verbose, dist=dist)
 
 
 def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, max_trials,
             epochs, seed, directory, project, overwrite, data_dir, validation_split,
-            val_fraction, max_train_examples, verbose):
+            val_fraction, max_train_examples, verbose, dist):
     import keras
 
-    def load(batch_size, holdout):
+    def load(batch_size, holdout, **epoch_keys):
         return data_lib.load(dataset, batch_size=batch_size, seed=seed, data_dir=data_dir,
-                             validation_split=validation_split, holdout_fraction=holdout)
+                             validation_split=validation_split, holdout_fraction=holdout,
+                             **epoch_keys)
 
     # Trials see the training split only: its held-out part scores them.
     _, _, info = load(min(hypermodel.batch_sizes), val_fraction)
@@ -243,21 +293,34 @@ def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, 
     hypermodel.input_shape = tuple(info.image_shape)
     hypermodel.train_examples = train_examples
 
-    def data_fn(batch_size):
-        train_ds, eval_ds, _ = load(batch_size, val_fraction)
-        if max_train_examples:
-            train_ds = train_ds.take(train_examples // batch_size)
-        return train_ds, eval_ds
+    def data_fn(batch_size, *, epochs, initial_epoch=0):
+        # Epochs initial_epoch..epochs-1, each a function of (seed, epoch) only: a trial resumed
+        # after a kill, or continued by Hyperband, trains on the batches of an uninterrupted run.
+        train_ds, eval_ds, _ = load(batch_size, val_fraction, epochs=epochs,
+                                    initial_epoch=initial_epoch)
+        steps, full = train_examples // batch_size, info.train_examples // batch_size
+        if steps < full:  # --max-train-examples: the first `steps` batches of each epoch
+            train_ds = train_ds.enumerate().filter(lambda k, _: k % full < steps).map(
+                lambda _, batch: batch)
+        return train_ds, eval_ds, steps
 
-    _remove_stale_temp_files(project_dir)
+    data_fn.epoch_keyed = True  # DMRHyperModel.fit passes epochs and initial_epoch
+
+    worker = dist.role == "worker"
+    # Distributed, each process removes its own leftovers only: the others may be mid-write.
+    _remove_stale_temp_files(project_dir, {"single": None, "chief": _chief_files(dist.tuner_id),
+                                           "worker": (f"{dist.tuner_id}.json",)}[dist.role])
     search_tuner = make_tuner(tuner, hypermodel, max_trials=max_trials, epochs=epochs,
                               seed=seed, directory=directory, project=project,
-                              overwrite=overwrite, distribution_strategy=plan.strategy)
+                              overwrite=overwrite and not worker,  # the chief's to clear
+                              distribution_strategy=plan.strategy)
     search_tuner.oracle.verbose = verbose
-    write_json(project_dir / "search.json", config)
+    if not worker:
+        write_json(project_dir / "search.json", config)
     callbacks = []
     if keras.backend.backend() == "tensorflow":
-        _write_hparams_config(project_dir / "logs", hypermodel)
+        if not worker:
+            _write_hparams_config(project_dir / "logs", hypermodel)
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(project_dir / "logs"),
                                                      write_graph=False))
     print(f"Tuning on {dataset}: {tuner} search, up to {max_trials} trials of {epochs} "
@@ -266,10 +329,26 @@ def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, 
           + (f", max_macs {hypermodel.max_macs:,}" if hypermodel.max_macs else "")
           + f"; scored on {info.eval_examples} images held out of the training split "
           f"(val_fraction {val_fraction:g}), trained on {info.train_examples}"
-          + f", {plan.description} -> {project_dir}")
+          + f", {plan.description} -> {project_dir}" + dist.describe())
+    ran = _report_worker_trials(search_tuner, dist.tuner_id) if worker else None
     start = time.perf_counter()
+    # A chief serves the oracle here until every trial has ended and every worker has been
+    # told to stop; a worker waits for the chief (up to an hour) and runs trials it is given.
     search_tuner.search(data_fn, epochs=epochs, callbacks=callbacks, verbose=min(verbose, 2))
     wall = time.perf_counter() - start
+    if worker:  # the chief writes the leaderboard, the best model and search.json
+        done = sum(status == "COMPLETED" for _, status in ran)
+        counts = {"completed": done, "failed": len(ran) - done}
+        ids = [tid for tid, _ in ran]
+        print(f"Worker {dist.tuner_id} finished: ran trial(s) {', '.join(ids) or 'none'} "
+              f"({counts['completed']} completed); search time {wall:.1f} s. The chief writes "
+              f"the leaderboard and best model -> {project_dir}")
+        return {"project_dir": str(project_dir), "role": dist.role, "tuner_id": dist.tuner_id,
+                "trials": ids, **counts, "wall_time_s": round(wall, 2),
+                "strategy": plan.name, "replicas": plan.num_replicas}
+    if dist.role == "chief":  # no trial is running now: remove what killed workers left
+        for trial_dir in project_dir.glob("trial_*"):
+            _remove_stale_temp_files(trial_dir)
 
     rows = leaderboard(search_tuner)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "failed", "skipped")}
@@ -309,7 +388,7 @@ def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, 
           f"{project_dir / 'pareto.png'}")
     return {"project_dir": str(project_dir), "leaderboard": rows, "pareto": front, "best": best,
             **counts, "wall_time_s": round(wall, 2), "strategy": plan.name,
-            "replicas": plan.num_replicas}
+            "replicas": plan.num_replicas, "role": dist.role, "tuner_id": dist.tuner_id}
 
 
 # ---- command line: tuning/cli.py (keras-free, so that --help answers at once) ----------------

@@ -92,6 +92,31 @@ def test_claims_digits_subset_is_fixed_balanced_and_disjoint():
 # ---- the scripts, end to end on tiny settings -----------------------------------------------
 
 
+def test_throughput_tables_json_and_plot_for_one_setting(tmp_path):
+    """The default run's share of the bench: one backend, one thread setting (the full matrix,
+    two backends and two thread settings, is the slow test below)."""
+    out = tmp_path / "t.json"
+    proc = _run("throughput.py", "--models", "dmrnet_8_tiny,dmrnet_14", "--reference",
+                "dmrnet_14", "--batches", "2", "--size", "8", "--repeats", "2",
+                "--min-time", "0", "--threads", "inter", "--backends", "tensorflow",
+                "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    assert "### tensorflow, threads=inter" in text and "### jax" not in text
+    assert len(_table_rows(text, "dmrnet_8_tiny ")) == 2  # inference and training
+    assert all("|        1.00 |" in r for r in _table_rows(text, "dmrnet_14 "))
+    summary = _table_rows(text, "tensorflow ")
+    assert len(summary) == 2 and all("inter / inter" in r for r in summary)
+    data = json.loads(out.read_text())
+    assert [r["backend"] for r in data["runs"]] == ["tensorflow"]
+    assert all(s["images_per_s"] > 0 for r in data["runs"] for s in r["samples"])
+    again = _run("throughput.py", "--from-json", str(out), "--plot", str(tmp_path / "t.png"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _table_rows(again.stdout, "dmrnet_8_tiny ") == _table_rows(text, "dmrnet_8_tiny ")
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
 def test_throughput_prints_tables_for_each_backend(tmp_path):
     out = tmp_path / "t.json"
     proc = _run("throughput.py", "--models", "dmrnet_8_tiny,dmrnet_14", "--reference",

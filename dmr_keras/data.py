@@ -446,11 +446,19 @@ def _check_epochs(epochs, initial_epoch):
 # ---- shared pipeline pieces ---------------------------------------------------------------------
 
 
-def _check_holdout(fraction):
+def check_holdout_fraction(fraction, name: str = "holdout_fraction") -> float:
+    """``fraction`` if it is 0 (off) or a number strictly between 0 and 1; else a ValueError
+    naming ``name``."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or \
             not 0 <= fraction < 1:
-        raise ValueError("`holdout_fraction` must be 0 (off) or a number strictly between 0 and "
-                         f"1. Received: holdout_fraction={fraction!r}")
+        raise ValueError(f"`{name}` must be 0 (off) or a number strictly between 0 and 1 (the "
+                         f"part of each class of the training split held out). Received: "
+                         f"{name}={fraction!r}")
+    return float(fraction)
+
+
+def _check_holdout(fraction):
+    check_holdout_fraction(fraction)
 
 
 def holdout_split(labels, fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,7 @@ DEFAULTS = dict(
     init_weights=None, freeze_backbone=False, data_dir=None, validation_split=0.1,
     verbose=1, cpu_devices=None, cpu_threads="auto", deterministic=None, overwrite=False,
     skip_corrupt=False, image_size=None, optimizer="sgd", mixup=0.0, cutmix=0.0,
-    randaugment=0.0, ema=0.0, jit_compile=None,
+    randaugment=0.0, ema=0.0, jit_compile=None, val_fraction=0.0,
 )
 # lr and weight_decay None: the optimizer's. SGD's are the paper's (its weight decay is an L2
 # term, MXNet's wd); AdamW's are DeiT's / timm's (decoupled decay, scaled by the rate).
@@ -60,10 +60,11 @@ RUN_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "weight_decay",
             "zero_init_last_bn", "precise_bn",
             "seed", "mixed_precision", "init_weights", "freeze_backbone", "validation_split",
             "skip_corrupt", "image_size", "optimizer", "mixup", "cutmix", "randaugment", "ema",
-            "jit_compile")
+            "jit_compile", "val_fraction")
 # The value of a RUN_KEY added later, for a run.json written before it: what those runs did.
 _BEFORE_THE_KEY = dict(label_smoothing=0.0, skip_corrupt=False, optimizer="sgd", mixup=0.0,
-                       cutmix=0.0, randaugment=0.0, ema=0.0, jit_compile=None)
+                       cutmix=0.0, randaugment=0.0, ema=0.0, jit_compile=None,
+                       val_fraction=0.0)
 # What dmr-train writes into its output directory (and --overwrite removes).
 _OUTPUTS = ("checkpoints", "logs", "model.keras", "model.weights.h5", "metrics.json",
             "curves.png", RUN_FILE)
@@ -92,6 +93,7 @@ def _check_arguments(run: dict, strategy: str, freeze_backbone: bool) -> str:
     training.check_ema(run["ema"])
     data_lib.check_recipe(run["randaugment"], run["mixup"], run["cutmix"])
     checks.choice("jit_compile", run["jit_compile"], (True, False), allow_none=True)
+    data_lib.check_holdout_fraction(run["val_fraction"], name="val_fraction")
     distribute.check_strategy_name(strategy)
     init_weights = run["init_weights"]
     if init_weights is not None and not Path(init_weights).exists():
@@ -216,6 +218,7 @@ def train(
     randaugment: float = DEFAULTS["randaugment"],
     ema: float = DEFAULTS["ema"],
     jit_compile: bool | None = DEFAULTS["jit_compile"],
+    val_fraction: float = DEFAULTS["val_fraction"],
 ) -> dict:
     """Train ``model`` (a registered name) on ``dataset``; returns the run's metrics dict.
 
@@ -234,6 +237,12 @@ def train(
     ``mixup`` / ``cutmix`` Beta alphas (0: none); ``randaugment`` a magnitude in (0, 10] (0:
     none); ``jit_compile`` passed to ``compile`` (None: Keras' ``"auto"``); ``image_size`` an
     integer, ``"keep"`` or None (the dataset's size).
+
+    ``val_fraction`` (0: off) holds that part of each class of the training split out of
+    training (fixed, :func:`dmr_keras.data.holdout_split`): the epoch lines' ``val_*`` and
+    ``metrics.json``'s ``val_accuracy`` / ``val_loss`` are measured on it, for choosing
+    settings, and the test split is measured once, after the last epoch (``test_accuracy``).
+    Off, the epoch lines report the test split (never used to select anything).
     """
 
     from dmr_keras import checks, distribute, performance
@@ -252,7 +261,7 @@ def train(
                freeze_backbone=bool(freeze_backbone), validation_split=validation_split,
                skip_corrupt=bool(skip_corrupt), image_size=image_size, optimizer=optimizer,
                mixup=mixup, cutmix=cutmix, randaugment=randaugment, ema=ema,
-               jit_compile=jit_compile)
+               jit_compile=jit_compile, val_fraction=val_fraction)
     run["dataset"] = dataset = _check_arguments(run, strategy, freeze_backbone)
     run["image_size"] = _image_size_of(dataset, image_size)
     output = Path(output or f"runs/{model}-{dataset.replace(':', '_').replace('/', '_')}")
@@ -309,7 +318,7 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
         validation_split=run["validation_split"] or 0.1, epochs=run["epochs"],
         initial_epoch=initial_epoch, skip_corrupt=run["skip_corrupt"],
         image_size=run["image_size"], randaugment=run["randaugment"], mixup=run["mixup"],
-        cutmix=run["cutmix"])
+        cutmix=run["cutmix"], holdout_fraction=run["val_fraction"])
     steps = info.train_examples // run["batch_size"]
     if steps < 1:
         raise ValueError(f"The batch size {run['batch_size']} is larger than the training set "
@@ -339,8 +348,14 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
     print(f"Recipe: {run['optimizer']}, lr {run['lr']}, weight decay {run['weight_decay']} "
           f"({'decoupled' if run['optimizer'] == 'adamw' else 'L2'}), input "
           f"{info.image_shape[0]}x{info.image_shape[1]}" + "".join(f", {e}" for e in extras))
-    print(f"val_* in the epoch lines is measured on the {info.eval_split} split "
-          f"({info.eval_examples} images): reported, never used to select an epoch or setting.")
+    if run["val_fraction"]:
+        print(f"val_* in the epoch lines is measured on {info.eval_examples} images held out of "
+              f"the training split (val_fraction {run['val_fraction']:g}); the test split is "
+              "measured once, after the last epoch.")
+    else:
+        print(f"val_* in the epoch lines is measured on the {info.eval_split} split "
+              f"({info.eval_examples} images): reported, never used to select an epoch or "
+              "setting.")
     start = time.perf_counter()
     if initial_epoch < run["epochs"]:
         _fit(net, plan, train_ds, val_ds, run["epochs"], initial_epoch, steps, checkpoint,
@@ -361,8 +376,21 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
             plain, _, _ = data_lib.load(
                 run["dataset"], batch_size=run["batch_size"], seed=seed, data_dir=data_dir,
                 augment=False, epochs=1, validation_split=run["validation_split"] or 0.1,
-                skip_corrupt=run["skip_corrupt"], image_size=run["image_size"])
+                skip_corrupt=run["skip_corrupt"], image_size=run["image_size"],
+                holdout_fraction=run["val_fraction"])  # the images it trained on
         training.precise_batchnorm(net, plain, max_batches=max(1, min(steps, 100)))
+    held_out = None
+    if run["val_fraction"]:  # the held-out part, then the test split: once, now
+        val_loss, val_acc, _ = _evaluate(net, plan, eval_ds, val_ds)
+        held_out = dict(val_accuracy=float(val_acc), val_loss=float(val_loss),
+                        val_examples=info.eval_examples, train_examples=info.train_examples)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="skip_corrupt:")
+            _, eval_ds, info = data_lib.load(
+                run["dataset"], batch_size=run["batch_size"], seed=seed, data_dir=data_dir,
+                augment=False, epochs=1, validation_split=run["validation_split"] or 0.1,
+                skip_corrupt=run["skip_corrupt"], image_size=run["image_size"])
+        val_ds = _soft_labels(eval_ds, info.num_classes) if _mixing(run) else eval_ds
     test_loss, test_acc, test_top5 = _evaluate(net, plan, eval_ds, val_ds)
     trained = run["epochs"] - initial_epoch
     data_record = dict(num_classes=info.num_classes, image_shape=list(info.image_shape),
@@ -386,6 +414,9 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
         # ran under a dmr-train that did not time them.
         train_time_s=round(sum(times.values()), 1), epochs_timed=len(times),
         eval_split=info.eval_split,
+        # With val_fraction: the held-out part of the training split (val_*, its size and
+        # the images trained on); None without.
+        held_out=held_out,
         train_images_per_s=round(trained * steps * run["batch_size"] / wall, 1)
         if wall > 0 and trained else None,
         trainable_params=int(sum(math.prod(w.shape) for w in net.trainable_weights)),
@@ -634,7 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "unreadable or corrupt image files, listed in a warning and in "
                         "metrics.json (data.skipped), instead of stopping")
     p.add_argument("--validation-split", type=float, default=d["validation_split"],
-                   help="folder datasets: fraction held out per class")
+                   help="folder datasets without train/test folders: fraction of each class "
+                        "held out as their test split")
+    p.add_argument("--val-fraction", type=float, default=d["val_fraction"],
+                   help="for model selection: fraction of each class of the training split "
+                        "held out (fixed) and reported as val_* every epoch; the test split is "
+                        "then measured once, after the last epoch (0: off, val_* is the test "
+                        "split)")
     p.add_argument("--verbose", type=int, default=d["verbose"],
                    help="0 silent, 1 bar, 2 lines, 3 lines and TensorFlow's own start-up logs")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,

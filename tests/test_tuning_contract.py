@@ -116,3 +116,18 @@ def test_keras_tuner_is_the_pinned_minor_version():
     assert (major, minor) == (1, 4), (
         f"keras-tuner {keras_tuner.__version__} is outside the pin in setup.py; run this file "
         "and the tuning tests against it before moving the pin")
+
+
+def test_behaviours_resume_and_distribution_rely_on():
+    """What the resume and chief/worker code takes from keras-tuner without calling a member:
+    a restarted worker gets its own running trial back; a reloaded oracle queues the trials
+    that were running; Hyperband loads the parent's weights while building, before ``fit``
+    (where ``DMRHyperModel.fit`` replaces them by the parent's last epoch and optimizer)."""
+    create = _source(oracle.Oracle.create_trial)
+    assert "if tuner_id in self.ongoing_trials:" in create
+    assert "return self.ongoing_trials[tuner_id]" in create
+    assert "self._retry_queue.append(trial.trial_id)" in _source(oracle.Oracle.reload)
+    build = _source(hyperband.Hyperband._build_hypermodel)
+    assert '"tuner/trial_id" in hp.values' in build and "model.load_weights(" in build
+    assert "self._try_build(hp)" in _source(tuner.Tuner._build_and_fit_model)
+    assert "self.hypermodel.fit(hp, model" in _source(tuner.Tuner._build_and_fit_model)

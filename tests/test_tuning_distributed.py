@@ -211,23 +211,24 @@ def test_chief_and_two_workers_finish_a_search(cluster_factory):
 
 
 def test_worker_killed_mid_trial_is_restarted_and_runs_its_trial_again(cluster_factory):
-    trials_wanted, epochs = 3, 2
+    trials_wanted, epochs = 3, 3
     c = cluster_factory(max_trials=trials_wanted, epochs=epochs)
     chief = c.start("chief")
     workers = {w: c.start(w) for w in ("tuner1", "tuner2")}
     deadline = time.time() + 400
 
-    # Kill the first worker seen inside a trial's first epoch (the trial has another to go).
+    # Kill the first worker seen in a trial whose first epoch is saved (more epochs to go).
     victim = trial_id = None
     while victim is None and time.time() < deadline:
         for w in workers:
             starts = list(re.finditer(rf"^Worker {w}: trial (\S+) started$", c.log(w), re.M))
             match = starts[-1] if starts else None
-            if match and f"Epoch 1/{epochs}" in c.log(w)[match.end():]:
+            saved = (c.project / f"trial_{match.group(1)}" / "epochs" / "checkpoint.json"
+                     if match else None)
+            if saved is not None and saved.exists():  # an epoch saved, more to go
                 state = _trials(c.project).get(match.group(1))
                 if state and state["status"] == "RUNNING":
                     victim, trial_id = w, match.group(1)
-                    time.sleep(0.5)  # into the epoch
                     workers[w].send_signal(signal.SIGKILL)
                     break
         assert chief.poll() is None, c.tails()
@@ -241,7 +242,8 @@ def test_worker_killed_mid_trial_is_restarted_and_runs_its_trial_again(cluster_f
     assert oracle["ongoing_trials"].get(victim) == trial_id, oracle["ongoing_trials"]
     # The epochs the killed attempt saved (0 when killed in its first epoch).
     saved = c.project / f"trial_{trial_id}" / "epochs" / "checkpoint.json"
-    saved_epochs = json.loads(saved.read_text())["epoch"] if saved.exists() else 0
+    saved_epochs = json.loads(saved.read_text())["epoch"]
+    assert 1 <= saved_epochs < epochs  # killed mid-trial, after an epoch was saved
 
     restarted = c.start(victim, tag=f"{victim}-restarted")
     other = next(w for w in workers if w != victim)

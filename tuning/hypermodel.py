@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import keras
 import keras_tuner
@@ -331,14 +332,12 @@ class DMRHyperModel(keras_tuner.HyperModel):
         history, epoch_times = {}, {}
         if checkpoints is not None:
             own = training.latest_checkpoint(checkpoints["directory"])
-            parent = (training.latest_checkpoint(checkpoints["parent"])
-                      if checkpoints.get("parent") and initial_epoch else None)
             if own is not None:  # this trial ran before and was killed: continue it
                 initial_epoch = min(int(own["epoch"]), epochs)
                 history, epoch_times = own.get("history", {}), own.get("epoch_times_s", {})
                 model.load_weights(own["path"])
-            elif parent is not None and int(parent["epoch"]) == initial_epoch:
-                model.load_weights(parent["path"])  # the parent's last epoch, optimizer too
+            elif checkpoints.get("parent") and initial_epoch:
+                _load_parent(model, checkpoints["parent"], initial_epoch)
             fit_kwargs["initial_epoch"] = initial_epoch
         if getattr(x, "epoch_keyed", False) and not _is_dataset(x):
             train, val, steps = x(batch_size, epochs=epochs, initial_epoch=initial_epoch)
@@ -396,6 +395,29 @@ class DMRHyperModel(keras_tuner.HyperModel):
         metrics.update(params=params, time_s=round(elapsed, 3), initial_epoch=initial_epoch,
                        replicas=int(getattr(strategy, "num_replicas_in_sync", 1)))
         return metrics
+
+
+def _load_parent(model, directory, initial_epoch):
+    """Load the last epoch (weights and optimizer state) of the trial a Hyperband trial
+    continues, when it is the epoch the continuation starts from. Otherwise (a project from
+    before per-epoch checkpoints, a deleted or damaged directory) warn: the trial then goes on
+    from what keras-tuner loaded, the parent's best epoch."""
+    from dmr_keras import training
+
+    try:
+        parent = training.latest_checkpoint(directory)
+    except ValueError as err:
+        parent, reason = None, str(err)
+    else:
+        reason = f"{directory} holds no epoch checkpoint"
+    if parent is not None and int(parent["epoch"]) == initial_epoch:
+        model.load_weights(parent["path"])
+        return
+    if parent is not None:
+        reason = f"its last saved epoch is {parent['epoch']}, not {initial_epoch}"
+    warnings.warn(f"Hyperband continuation from epoch {initial_epoch}: {reason}. It continues "
+                  "from the parent's best-epoch weights (keras-tuner's checkpoint) instead.",
+                  UserWarning, stacklevel=3)
 
 
 def _continue_best_epoch(callbacks, history):

@@ -138,7 +138,8 @@ class _DMRTunerMixin:
         # Epoch checkpoints in the trial's directory (DMRHyperModel.fit saves and resumes
         # them): a trial run again after a kill continues after its last epoch, and a
         # Hyperband continuation starts from its parent's last epoch and optimizer state.
-        if isinstance(self.hypermodel, DMRHyperModel):
+        # One execution per trial only: several would share (and resume from) one directory.
+        if isinstance(self.hypermodel, DMRHyperModel) and self.executions_per_trial == 1:
             parent = trial.hyperparameters.values.get("tuner/trial_id")
             kwargs["checkpoints"] = {
                 "directory": Path(self.get_trial_dir(trial.trial_id)) / TRIAL_CHECKPOINTS,

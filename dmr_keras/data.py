@@ -320,7 +320,7 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
          image_size: int | str | None = None, epochs: int | None = None,
          initial_epoch: int = 0, eval_split: str | None = None, skip_corrupt: bool = False,
          randaugment: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
-         holdout_fraction: float = 0.0,
+         holdout_fraction: float = 0.0, epoch_examples: int | None = None,
          ) -> tuple[tf.data.Dataset, tf.data.Dataset, DataInfo]:
     """``(train, eval, info)`` for ``spec`` (see the module docstring).
 
@@ -361,6 +361,10 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
         holdout_fraction: 0 (default) or a fraction in (0, 1): the eval dataset is then this
             part of each class of the train split (fixed, see :func:`holdout_split`) and the
             train dataset the rest; for model selection that never looks at the test split.
+        epoch_examples: None (default: all) or N: each epoch trains on the first N images of
+            its shuffled order (``N // batch_size`` batches), a different part of the train
+            split every epoch, for quick runs (``dmr-tune --max-train-examples``). The images
+            left out of an epoch are not augmented at all.
 
     Returns:
         train and eval datasets of ``(float32 (B, H, W, 3), int64 (B,))`` (train labels
@@ -373,10 +377,11 @@ def load(spec: str, *, batch_size: int, seed: int = 0, data_dir: str | None = No
     checks.choice("eval_split", eval_split, ("test", "val"), allow_none=True)
     _check_epochs(epochs, initial_epoch)
     _check_holdout(holdout_fraction)
+    checks.integer("epoch_examples", epoch_examples, batch_size, allow_none=True)
     seed = int(seed)
     run = dict(batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
                initial_epoch=initial_epoch, randaugment=float(randaugment) if augment else 0.0,
-               holdout=float(holdout_fraction))
+               holdout=float(holdout_fraction), epoch_examples=epoch_examples)
     result = _load(spec, data_dir, validation_split, image_size, eval_split, skip_corrupt, run)
     if augment and (mixup or cutmix):
         train, test, info = result
@@ -406,7 +411,7 @@ def _load(spec, data_dir, validation_split, image_size, eval_split, skip_corrupt
 
 
 def _mix_batches(train, info, mixup, cutmix, *, batch_size, seed, epochs, initial_epoch,
-                 **_):
+                 epoch_examples=None, **_):
     """``train`` with one-hot labels and every batch mixed (:class:`augment.BatchMixer`).
 
     Batch ``b`` of epoch ``e`` is mixed with the seed ``fold_in(fold_in((seed, offset), e),
@@ -425,7 +430,7 @@ def _mix_batches(train, info, mixup, cutmix, *, batch_size, seed, epochs, initia
             lambda batch, key: mixer(batch[0], batch[1], fold(base, key)),
             num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        steps = max(info.train_examples // batch_size, 1)
+        steps = max((epoch_examples or info.train_examples) // batch_size, 1)
 
         def fn(k, batch):
             g = tf.cast(initial_epoch * steps, tf.int64) + k
@@ -542,7 +547,8 @@ def _stateless_shuffle(ds, window, seed):
     return ds.batch(window).enumerate().flat_map(permute)
 
 
-def _finish_train(ds, batch_size, seed, shuffle_buffer, transform, epochs, initial_epoch):
+def _finish_train(ds, batch_size, seed, shuffle_buffer, transform, epochs, initial_epoch,
+                  epoch_examples=None):
     """Per epoch: shuffle -> ``transform(x, element_seed)`` -> batch(drop_remainder); epochs
     concatenated; prefetch.
 
@@ -550,7 +556,8 @@ def _finish_train(ds, batch_size, seed, shuffle_buffer, transform, epochs, initi
     stateless permutation seeded with ``fold_in((seed, 0), e)`` and its i-th element gets the
     stateless seed ``fold_in(fold_in((seed, offset), e), i)``. So a run resumed at epoch ``e``
     sees exactly the batches the uninterrupted run saw, however often the pipeline was iterated
-    before. ``transform`` returns the normalised float32 image.
+    before. ``transform`` returns the normalised float32 image. ``epoch_examples``: only the
+    first that many of each epoch's shuffled examples are transformed and batched.
     """
     fold = tf.random.experimental.stateless_fold_in
     shuffle_seed = tf.constant([seed, 0], tf.int64)
@@ -560,6 +567,8 @@ def _finish_train(ds, batch_size, seed, shuffle_buffer, transform, epochs, initi
         epoch = tf.cast(epoch, tf.int64)
         epoch_seed = fold(augment_seed, epoch)
         shuffled = _stateless_shuffle(ds, shuffle_buffer, fold(shuffle_seed, epoch))
+        if epoch_examples is not None:
+            shuffled = shuffled.take(epoch_examples)
 
         def fn(i, example):
             x, y = example
@@ -631,7 +640,8 @@ def digits_split() -> tuple[np.ndarray, np.ndarray]:
     return perm[:n - DIGITS_TEST_EXAMPLES], perm[n - DIGITS_TEST_EXAMPLES:]
 
 
-def _load_digits(batch_size, seed, augment, epochs, initial_epoch, randaugment=0.0, holdout=0.0):
+def _load_digits(batch_size, seed, augment, epochs, initial_epoch, randaugment=0.0, holdout=0.0,
+                 epoch_examples=None):
     from dmr_keras.digits import load_digits_images
 
     images, labels = load_digits_images()
@@ -647,7 +657,7 @@ def _load_digits(batch_size, seed, augment, epochs, initial_epoch, randaugment=0
                                  _pad_crop_augment(4, flip=False) if augment else None,
                                  _randaugment(randaugment, mean))
     train = _finish_train(tf.data.Dataset.from_tensor_slices((x_train, y_train)), batch_size,
-                          seed, len(x_train), transform, epochs, initial_epoch)
+                          seed, len(x_train), transform, epochs, initial_epoch, epoch_examples)
     test = _finish_eval(tf.data.Dataset.from_tensor_slices((x_test, y_test)), batch_size,
                         normalise)
     info = DataInfo("digits", 10, tuple(x_train.shape[1:]), len(x_train), len(x_test),
@@ -862,7 +872,7 @@ def _cifar_from_dir(name, data_dir, skip_corrupt=False, skipped=None):
 
 
 def _load_cifar_arrays(name, arrays, batch_size, seed, augment, epochs, initial_epoch,
-                       skipped=(), randaugment=0.0, holdout=0.0):
+                       skipped=(), randaugment=0.0, holdout=0.0, epoch_examples=None):
     x_train, y_train, x_test, y_test, classes, source = arrays
     if holdout:
         x_train, y_train, x_test, y_test = _carve(x_train, y_train, holdout)
@@ -870,7 +880,7 @@ def _load_cifar_arrays(name, arrays, batch_size, seed, augment, epochs, initial_
     train, test = _array_datasets(
         x_train, y_train, x_test, y_test, mean=spec.mean, std=spec.std, pad=4, flip=True,
         batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
-        initial_epoch=initial_epoch, randaugment=randaugment)
+        initial_epoch=initial_epoch, randaugment=randaugment, epoch_examples=epoch_examples)
     info = DataInfo(name, _CIFAR_CLASSES[name], (32, 32, 3), len(y_train), len(y_test),
                     tuple(classes), tuple(spec.mean), tuple(spec.std),
                     "val" if holdout else "test", source, tuple(skipped))
@@ -938,7 +948,7 @@ def _imagenet_download_config(data_dir):
 
 
 def _load_tfds(name, data_dir, image_size, batch_size, seed, augment, epochs, initial_epoch,
-               randaugment=0.0, holdout=0.0):
+               randaugment=0.0, holdout=0.0, epoch_examples=None):
     if holdout:
         raise ValueError(f"`holdout_fraction` needs the train split in memory; {name} from TFDS "
                          "is streamed. For CIFAR pass data_dir= with the python files or "
@@ -992,7 +1002,7 @@ def _load_tfds(name, data_dir, image_size, batch_size, seed, augment, epochs, in
     shape = (size, size, 3)
     buffer = min(spec.shuffle_buffer, train_examples)
     train = _finish_train(train, batch_size, seed, max(buffer, 1), transform, epochs,
-                          initial_epoch)
+                          initial_epoch, epoch_examples)
     test = _finish_eval(test, batch_size, lambda x: normalise(to_float(x)))
     names = tuple(label.names) if getattr(label, "names", None) else None
     info = DataInfo(name, int(label.num_classes), shape, train_examples, eval_examples, names,
@@ -1111,7 +1121,7 @@ def _warn_skipped(result):
 
 
 def _array_datasets(x_train, y_train, x_eval, y_eval, *, mean, std, pad, flip, batch_size, seed,
-                    augment, epochs, initial_epoch, randaugment=0.0):
+                    augment, epochs, initial_epoch, randaugment=0.0, epoch_examples=None):
     """Train and eval pipelines over in-memory uint8 images (the whole train set shuffled)."""
     normalise = _normalise(mean, std)
 
@@ -1125,7 +1135,8 @@ def _array_datasets(x_train, y_train, x_eval, y_eval, *, mean, std, pad, flip, b
                                  _pad_crop_augment(pad, flip) if augment else None,
                                  _randaugment(randaugment, mean))
     train = _finish_train(tf.data.Dataset.from_tensor_slices((x_train, y_train)), batch_size,
-                          seed, max(len(y_train), 1), transform, epochs, initial_epoch)
+                          seed, max(len(y_train), 1), transform, epochs, initial_epoch,
+                          epoch_examples)
     test = _finish_eval(tf.data.Dataset.from_tensor_slices((x_eval, y_eval)), batch_size, eval_fn)
     return train, test
 
@@ -1317,7 +1328,8 @@ def _scan_images(paths, is_train, size):
 
 
 def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs, initial_epoch,
-                 eval_split=None, skip_corrupt=False, randaugment=0.0, holdout=0.0):
+                 eval_split=None, skip_corrupt=False, randaugment=0.0, holdout=0.0,
+                 epoch_examples=None):
     splits = split_folders(root)
     skipped, decoded = (), None
     if splits is not None:
@@ -1362,7 +1374,8 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
         train, test = _array_datasets(
             x_train, y_train, x_eval, y_eval, mean=mean, std=std, pad=pad, flip=False,
             batch_size=batch_size, seed=seed, augment=augment, epochs=epochs,
-            initial_epoch=initial_epoch, randaugment=randaugment if augment else 0.0)
+            initial_epoch=initial_epoch, randaugment=randaugment if augment else 0.0,
+            epoch_examples=epoch_examples)
     else:
         # Too big for memory: every file is checked once, then decoded every epoch after the
         # shuffle (which holds paths, not images).
@@ -1396,7 +1409,7 @@ def _load_folder(root, validation_split, size, batch_size, seed, augment, epochs
         transform = _train_transform(decode, normalise, pad_crop,
                                      _randaugment(randaugment if augment else 0, mean))
         train = _finish_train(items_dataset(train_items), batch_size, seed, len(train_items),
-                              transform, epochs, initial_epoch)
+                              transform, epochs, initial_epoch, epoch_examples)
         test = _finish_eval(items_dataset(eval_items), batch_size,
                             lambda p: normalise(decode(p)))
     info = DataInfo(FOLDER_PREFIX + root, len(class_names), (h, w, 3), n_train, n_eval,

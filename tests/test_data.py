@@ -339,3 +339,22 @@ def test_epoch_batches_depend_only_on_seed_and_epoch():
     assert not np.array_equal(everything[0][1], everything[steps][1])
     other_seed, _, _ = data.load("digits", batch_size=batch, seed=6, epochs=1)
     assert not np.array_equal(next(iter(other_seed))[1], everything[0][1])
+
+
+def test_epoch_examples_is_the_start_of_each_full_epoch():
+    """``epoch_examples=N``: each epoch is the first N // batch batches of the uncapped epoch
+    (same images, same augmentation), so a capped run resumes as exactly as a full one."""
+    capped, _, info = data.load("digits", batch_size=32, epochs=3, epoch_examples=96, seed=1)
+    full, _, _ = data.load("digits", batch_size=32, epochs=3, seed=1)
+    capped, full = list(capped), list(full)
+    steps = info.train_examples // 32
+    assert len(capped) == 3 * 3 and len(full) == 3 * steps
+    for epoch in range(3):
+        for i in range(3):
+            x, y = capped[epoch * 3 + i]
+            fx, fy = full[epoch * steps + i]
+            np.testing.assert_array_equal(y, fy)
+            np.testing.assert_allclose(x, fx, rtol=0, atol=0)
+    assert not np.array_equal(capped[0][1], capped[3][1])  # another part each epoch
+    with pytest.raises(ValueError, match="epoch_examples"):
+        data.load("digits", batch_size=32, epoch_examples=10)

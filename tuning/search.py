@@ -296,13 +296,12 @@ def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, 
     def data_fn(batch_size, *, epochs, initial_epoch=0):
         # Epochs initial_epoch..epochs-1, each a function of (seed, epoch) only: a trial resumed
         # after a kill, or continued by Hyperband, trains on the batches of an uninterrupted run.
+        # --max-train-examples: the first train_examples images of each epoch's shuffled order
+        capped = train_examples < info.train_examples
         train_ds, eval_ds, _ = load(batch_size, val_fraction, epochs=epochs,
-                                    initial_epoch=initial_epoch)
-        steps, full = train_examples // batch_size, info.train_examples // batch_size
-        if steps < full:  # --max-train-examples: the first `steps` batches of each epoch
-            train_ds = train_ds.enumerate().filter(lambda k, _: k % full < steps).map(
-                lambda _, batch: batch)
-        return train_ds, eval_ds, steps
+                                    initial_epoch=initial_epoch,
+                                    epoch_examples=train_examples if capped else None)
+        return train_ds, eval_ds, train_examples // batch_size
 
     data_fn.epoch_keyed = True  # DMRHyperModel.fit passes epochs and initial_epoch
 

@@ -108,10 +108,12 @@ import tensorflow as tf
 
 from dmr_keras import checks
 from dmr_keras.dataset_stats import (  # noqa: F401  (re-exported: data.CIFAR10_MEAN, ...)
+    CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     SVHN_MEAN,
@@ -120,7 +122,6 @@ from dmr_keras.dataset_stats import (  # noqa: F401  (re-exported: data.CIFAR10_
 
 DATASETS = ("cifar10", "cifar100", "svhn", "imagenet2012", "digits")
 FOLDER_PREFIX = "folder:"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 DIGITS_TEST_EXAMPLES = 360
@@ -706,8 +707,6 @@ def content_sha256(data_dir, patterns=None) -> str:
 
 # ---- CIFAR from a directory (no download) ------------------------------------------------------
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
 _CIFAR_PYTHON = {  # name -> (folder, train files, test files, meta file, label key, names key)
     "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
                 ("test_batch",), "batches.meta", b"labels", b"label_names"),

@@ -1,4 +1,5 @@
-"""Per-channel mean and std of the datasets (in [0, 1] pixel units), in one place.
+"""Per-channel mean and std of the datasets (in [0, 1] pixel units), CIFAR-10's class names and
+the image file extensions read, in one place.
 
 Pure Python, so that code which must not import TensorFlow (``dmr_keras.numpy_data`` on the GPU
 machine, ``zoo.preprocessing`` when reading a model card) uses the same numbers as the tf.data
@@ -13,3 +14,8 @@ SVHN_MEAN = (0.4377, 0.4438, 0.4728)
 SVHN_STD = (0.1980, 0.2010, 0.1970)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# CIFAR-10's label order (sorted, so a train/<class>/ folder listing gives the same labels).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # image files of a folder dataset

@@ -42,13 +42,10 @@ import sys
 import numpy as np
 
 from dmr_keras.atomic import atomic_path
-from dmr_keras.dataset_stats import CIFAR10_MEAN, CIFAR10_STD
+from dmr_keras.dataset_stats import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGE_EXTENSIONS
 
-# The same constants as dmr_keras.data (which imports TensorFlow, so they are repeated here; a
-# test checks that they are equal). The mean and std come from dmr_keras.dataset_stats.
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# CIFAR10_CLASSES, IMAGE_EXTENSIONS, the mean and std: dmr_keras.dataset_stats, as for
+# dmr_keras.data.
 PAD = 4
 IMAGE_SIZE = 32
 SPLITS = ("train", "test")

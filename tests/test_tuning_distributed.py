@@ -363,3 +363,27 @@ def test_distributed_settings_import_no_tensorflow():
             "assert not {'tensorflow', 'keras', 'keras_tuner'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(
         os.environ, PYTHONPATH=str(ROOT), DMR_KERAS_DEFER_IMPORTS="1"), timeout=120)
+
+
+def test_worker_with_other_settings_stops_before_its_first_trial(tmp_path):
+    """A worker checks its settings against the chief's search.json when it is given its first
+    trial (the chief writes search.json before it serves): another --epochs is refused, by
+    name, before any training."""
+    from types import SimpleNamespace
+
+    from tuning.search import _RESUME_KEYS, _report_worker_trials
+
+    chief = dict.fromkeys(_RESUME_KEYS, None)
+    chief.update(dataset="digits", tuner="random", epochs=2, seed=0)
+    (tmp_path / "search.json").write_text(json.dumps(chief))
+    began = []
+    tuner = SimpleNamespace(on_trial_begin=began.append, on_trial_end=lambda trial: None)
+    trial = SimpleNamespace(trial_id="0", status="RUNNING")
+    _report_worker_trials(tuner, "tuner1", tmp_path, dict(chief, epochs=3))
+    with pytest.raises(ValueError, match=r"worker's settings differ.*epochs"):
+        tuner.on_trial_begin(trial)
+    assert began == []  # the trial was not started
+    same = SimpleNamespace(on_trial_begin=began.append, on_trial_end=lambda trial: None)
+    _report_worker_trials(same, "tuner1", tmp_path, dict(chief))
+    same.on_trial_begin(trial)
+    assert began == [trial]

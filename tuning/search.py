@@ -109,14 +109,21 @@ def _chief_files(tuner_id: str) -> tuple:
             "best.json")
 
 
-def _report_worker_trials(search_tuner, tuner_id: str) -> list:
+def _report_worker_trials(search_tuner, tuner_id: str, project_dir=None,
+                          config=None) -> list:
     """On a worker: print each trial it starts and ends, and return the list it fills with
     ``(trial id, status)`` of the trials it ran (the chief's oracle does not record which
-    process ran a trial)."""
+    process ran a trial). Before its first trial (the chief is serving, so it has written
+    ``search.json``) the worker's settings are checked against the chief's: a worker started
+    with another dataset, space, epochs, seed or budget stops with the difference named,
+    instead of training trials the chief would score as its own."""
     ran = []
     begin, end = search_tuner.on_trial_begin, search_tuner.on_trial_end
 
     def on_trial_begin(trial):
+        if config is not None and not ran and not getattr(on_trial_begin, "checked", False):
+            _check_resume(Path(project_dir), config, overwrite=False, whose="the chief's")
+            on_trial_begin.checked = True
         print(f"Worker {tuner_id}: trial {trial.trial_id} started", flush=True)
         begin(trial)
 
@@ -130,12 +137,17 @@ def _report_worker_trials(search_tuner, tuner_id: str) -> list:
     return ran
 
 
-def _check_resume(project_dir: Path, config: dict, overwrite: bool) -> None:
+def _check_resume(project_dir: Path, config: dict, overwrite: bool, whose: str = "") -> None:
     path = project_dir / "search.json"
     if overwrite or not path.is_file():
         return
     diff = checks.differing_settings(json.loads(path.read_text()), config, _RESUME_KEYS,
                                      now="here")
+    if diff and whose:  # a worker of a distributed search
+        raise ValueError(f"This worker's settings differ from {whose} search in {project_dir} "
+                         f"({'; '.join(diff)}). Start every worker with the chief's command "
+                         "(the same dmr-tune flags on every machine) and the same "
+                         "KERASTUNER_TUNER_ID to take its trial back.")
     if diff:
         raise ValueError(f"{project_dir} holds a search with other settings ({'; '.join(diff)}). "
                          "Run the same command to continue it, pass overwrite=True "
@@ -329,7 +341,8 @@ def _search(dataset, tuner, hypermodel, plan, project_dir, config, data_lib, *, 
           + f"; scored on {info.eval_examples} images held out of the training split "
           f"(val_fraction {val_fraction:g}), trained on {info.train_examples}"
           + f", {plan.description} -> {project_dir}" + dist.describe())
-    ran = _report_worker_trials(search_tuner, dist.tuner_id) if worker else None
+    ran = (_report_worker_trials(search_tuner, dist.tuner_id, project_dir, config) if worker
+           else None)
     start = time.perf_counter()
     # A chief serves the oracle here until every trial has ended and every worker has been
     # told to stop; a worker waits for the chief (up to an hour) and runs trials it is given.

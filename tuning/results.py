@@ -177,6 +177,7 @@ def write_pareto(rows, project_dir) -> list:
     if not done:
         return front
     from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
     costs = [c for c in COSTS if all(r.get(c) is not None for r in done)]
     fig = Figure(figsize=(5 * len(costs), 4), layout="constrained")
@@ -192,6 +193,11 @@ def write_pareto(rows, project_dir) -> list:
                         fontsize=6,
                         xytext=(3, -8), textcoords="offset points")
         ax.set_xscale("log")
+        # Labels at 1, 2, 5 x 10^k as 40k, 100k, 2M: a front within a decade or two gets
+        # readable ticks (matplotlib's minor log labels overlap there).
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("parameters" if cost == "params" else "MACs per image")
         ax.set_ylabel("validation accuracy (held out from train)")
         ax.grid(alpha=0.3)

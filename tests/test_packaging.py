@@ -25,8 +25,9 @@ def test_setup_declares_every_third_party_import():
     declared = {"keras", "numpy", "tensorflow", "tensorflow_datasets", "keras_tuner", "tensorboard",
                 "sklearn", "jax", "pytest", "matplotlib", "h5py", "onnx",
                 "onnxruntime", "tf2onnx", "PIL", "keras_hub"}
-    for pkg in ("keras>=3", "tensorflow", "tensorflow-datasets", "keras-tuner", "tensorboard",
-                "scikit-learn", "numpy", "matplotlib", "h5py", "pillow", "keras-hub>=0.32"):
+    for pkg in ("keras>=3", "tensorflow", "tensorflow-datasets", "keras-tuner>=1.4.8,<1.5",
+                "tensorboard", "scikit-learn", "numpy", "matplotlib", "h5py", "pillow",
+                "keras-hub>=0.32"):
         assert f'"{pkg}"' in setup
     own = {"dmr_keras", "zoo", "tuning", "tests", "common"}  # common: bench/common.py
     stdlib = {"__future__"} | set(__import__("sys").stdlib_module_names)

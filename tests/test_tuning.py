@@ -10,13 +10,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
 import keras_tuner
 import numpy as np
 import pytest
+from conftest import sigkill_when
 
 import tuning
 from dmr_keras import build_model
@@ -59,27 +59,15 @@ def search(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
     project = root / "p"
     log = root / "first.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(_cli(root), env=_env(), stdout=f, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        finished = {}
-        while time.time() < deadline and proc.poll() is None:
-            finished = {tid: path for tid, (state, path) in _trials(project).items()
-                        if state["status"] == "COMPLETED"}
-            if finished:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.05)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    finished, killed_rc = sigkill_when(
+        _cli(root), _env(), log, lambda: {tid: path for tid, (state, path) in
+                                          _trials(project).items()
+                                          if state["status"] == "COMPLETED"}, poll=0.05)
     assert finished, "no trial finished before the deadline:\n" + log.read_text()[-3000:]
     before = {tid: (path.stat().st_mtime_ns, path.read_text()) for tid, path in finished.items()}
     leaderboard_after_kill = (project / "leaderboard.json").exists()
     again = subprocess.run(_cli(root), env=_env(), capture_output=True, text=True, timeout=600)
-    return dict(project=project, killed_rc=proc.returncode, finished=before, again=again,
+    return dict(project=project, killed_rc=killed_rc, finished=before, again=again,
                 leaderboard_after_kill=leaderboard_after_kill)
 
 

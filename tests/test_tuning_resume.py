@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -16,6 +15,7 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
+from conftest import sigkill_when
 
 from tuning import tune
 from tuning.hypermodel import _continue_best_epoch
@@ -91,23 +91,12 @@ def test_trial_killed_mid_epoch_continues_from_its_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     state = tmp_path / "p" / "trial_0" / "epochs" / "checkpoint.json"
     log = tmp_path / "first.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(_cli(tmp_path, 4), env=env, stdout=f, stderr=subprocess.STDOUT)
-    killed_at = None
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if state.exists():  # written atomically: complete when it exists
-                killed_at = json.loads(state.read_text())["epoch"]
-                os.kill(proc.pid, signal.SIGKILL)  # mid-trial: an epoch saved, more to go
-                break
-            time.sleep(0.02)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert killed_at is not None, "no epoch was saved:\n" + log.read_text()[-3000:]
-    assert 1 <= killed_at < 4 and proc.returncode == -signal.SIGKILL
+    # Killed as soon as an epoch is saved (written atomically: complete when it exists),
+    # mid-trial with more epochs to go.
+    killed_at, rc = sigkill_when(_cli(tmp_path, 4), env, log, lambda: state.exists() and
+                                 json.loads(state.read_text())["epoch"])
+    assert killed_at, "no epoch was saved:\n" + log.read_text()[-3000:]
+    assert 1 <= killed_at < 4 and rc == -signal.SIGKILL
     assert _trial(tmp_path / "p", 0)["status"] == "RUNNING"
 
     again = subprocess.run(_cli(tmp_path, 4), env=env, capture_output=True, text=True,

@@ -29,7 +29,8 @@ def test_setup_declares_every_third_party_import():
                 "tensorboard", "scikit-learn", "numpy", "matplotlib", "h5py", "pillow",
                 "keras-hub>=0.32"):
         assert f'"{pkg}"' in setup
-    own = {"dmr_keras", "zoo", "tuning", "tests", "common"}  # common: bench/common.py
+    # common: bench/common.py; conftest: tests/conftest.py
+    own = {"dmr_keras", "zoo", "tuning", "tests", "common", "conftest"}
     stdlib = {"__future__"} | set(__import__("sys").stdlib_module_names)
     for path in [p for d in ("dmr_keras", "zoo", "tuning", "tests", "bench")
                  for p in ROOT.glob(f"{d}/**/*.py")]:

@@ -11,6 +11,17 @@ default. ``bench/throughput.py`` and ``bench/profile.py`` measure both settings
 
 TensorFlow fixes its pools when its runtime starts, so :func:`configure_cpu_threads` must run
 before the first TensorFlow op; ``dmr-train --cpu-threads`` does that. Other backends ignore it.
+
+oneDNN: TensorFlow's x86 builds carry oneDNN kernels (fused convolutions, batch normalisation,
+element-wise ops) but turn them on by default only on some CPUs (recent Intel ones); elsewhere
+(AMD hosts) they stay off unless ``TF_ENABLE_ONEDNN_OPTS=1`` is set before TensorFlow starts.
+Measured with ``bench/peer_torch.py`` and ``bench/throughput.py`` (docs/benchmarks.md): on with
+either vendor, dmrnet_56 trains 1.6-2.1x faster than off. :func:`configure_onednn` sets the
+variable; the command lines call it with ``"auto"`` (on, unless the user set the variable)
+before TensorFlow starts. Importing the package never does: a library leaves the process
+environment alone. As ``import dmr_keras`` loads Keras (and with it TensorFlow), a program of
+its own turns oneDNN on with ``TF_ENABLE_ONEDNN_OPTS=1`` in its environment (or
+``os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"`` before its first import of Keras).
 """
 
 from __future__ import annotations
@@ -18,6 +29,8 @@ from __future__ import annotations
 import os
 
 CPU_THREADS = ("auto", "default", "intra", "inter")
+ONEDNN = ("auto", "on", "off")
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 
 
 def thread_counts(setting: str, cores: int | None = None) -> tuple[int, int]:
@@ -73,3 +86,66 @@ def configure_cpu_threads(setting: str, strict: bool = True) -> bool:
             "TensorFlow op (or start a new process)."
         ) from err
     return True
+
+
+def _env_onednn() -> bool | None:
+    """What ``TF_ENABLE_ONEDNN_OPTS`` asks for (TensorFlow's parsing: 1/true on, 0/false off),
+    None when it is unset or empty."""
+    value = os.environ.get(ONEDNN_ENV, "").strip().lower()
+    if not value:
+        return None
+    return value in ("1", "true", "t", "yes", "y", "on")
+
+
+def onednn_enabled() -> bool | None:
+    """Whether the TensorFlow of this process runs its oneDNN kernels; None when TensorFlow has
+    not been imported (nothing is decided yet) or cannot say."""
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        return None
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow build without the query
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def configure_onednn(setting: str = "auto") -> bool | None:
+    """Ask TensorFlow for its oneDNN kernels on or off; returns what TensorFlow will use.
+
+    Sets ``TF_ENABLE_ONEDNN_OPTS``, which TensorFlow reads once, when it starts. Call it before
+    TensorFlow is imported (the command lines do).
+
+    Args:
+        setting: ``"on"``, ``"off"``, or ``"auto"``: a ``TF_ENABLE_ONEDNN_OPTS`` the user set
+            wins, else on (faster on every host measured; see the module docstring).
+
+    Returns:
+        True / False: oneDNN on / off for this process (before TensorFlow starts: what it will
+        be, as far as the variable decides; TensorFlow ignores it on builds without oneDNN).
+
+    Raises:
+        ValueError: an unknown setting, or an explicit ``"on"``/``"off"`` that TensorFlow, already
+            started the other way, can no longer follow.
+    """
+    if setting not in ONEDNN:
+        raise ValueError(f"Unknown oneDNN setting: {setting!r}. Valid values: "
+                         + ", ".join(repr(s) for s in ONEDNN))
+    started = onednn_enabled()
+    if started is not None:
+        if setting != "auto" and started != (setting == "on"):
+            raise ValueError(
+                f"Cannot turn oneDNN {setting}: TensorFlow has already started in this "
+                f"process with it {'on' if started else 'off'}. Set "
+                f"{ONEDNN_ENV}={int(setting == 'on')} in the environment before Python starts, "
+                "or call configure_onednn() before anything imports TensorFlow (the dmr-* "
+                "commands do; `python -m zoo.train` imports it first).")
+        return started
+    if setting == "auto":
+        user = _env_onednn()
+        if user is not None:
+            return user
+        setting = "on"
+    os.environ[ONEDNN_ENV] = "1" if setting == "on" else "0"
+    return setting == "on"

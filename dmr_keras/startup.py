@@ -59,13 +59,18 @@ def filtered_stderr():
                 sys.stderr.flush()
 
 
-def start_backend(verbose: bool = False) -> None:
+def start_backend(verbose: bool = False, onednn: str = "auto") -> None:
     """Import Keras (quietly unless ``verbose``) and register the package's layers.
 
     Called by each command line once its arguments are parsed. Without ``verbose`` it sets
     ``TF_CPP_MIN_LOG_LEVEL=3`` unless the user set it (which then wins), so that TensorFlow's
-    later notices (``cuInit`` on a CPU machine) stay hidden too.
+    later notices (``cuInit`` on a CPU machine) stay hidden too. ``onednn`` goes to
+    :func:`dmr_keras.performance.configure_onednn` before TensorFlow starts (``"auto"``: on,
+    unless the user set ``TF_ENABLE_ONEDNN_OPTS``).
     """
+    from dmr_keras.performance import configure_onednn
+
+    configure_onednn(onednn)
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" not in sys.modules:

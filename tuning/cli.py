@@ -19,6 +19,8 @@ DEFAULT_SPACE = dict(depths_n=(1, 2, 3), widths=(0.5, 1), branches=(1, 2, 3),
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dmr_keras.performance import ONEDNN
+
     p = argparse.ArgumentParser(prog="dmr-tune", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s = DEFAULT_SPACE
@@ -62,15 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "held out as their test split")
     p.add_argument("--verbose", type=int, default=1,
                    help="0 silent, 1 bar, 2 lines, 3 lines and TensorFlow's own start-up logs")
+    p.add_argument("--onednn", default="auto", choices=ONEDNN,
+                   help="TensorFlow's oneDNN CPU kernels (auto: on, unless TF_ENABLE_ONEDNN_OPTS "
+                        "is set)")
     return p
 
 
 def main(argv=None) -> int:
     kwargs = vars(build_parser().parse_args(argv))
-    from dmr_keras.startup import start_backend
+    from dmr_keras.startup import run_command, start_backend
 
-    start_backend(verbose=kwargs["verbose"] >= 3)
-    from dmr_keras.startup import run_command
+    status = run_command("dmr-tune", start_backend, verbose=kwargs["verbose"] >= 3,
+                         onednn=kwargs.pop("onednn"))
+    if status:
+        return status
     from tuning.search import tune
 
     return run_command("dmr-tune", tune, kwargs.pop("dataset"), **kwargs)

@@ -5,7 +5,9 @@ so warm-ups do not overlap):
 
 - ``keras-tf``: Keras 3 on TensorFlow with TensorFlow's own oneDNN default (on for Intel CPUs
   with AVX-512, off elsewhere); ``keras-tf-onednn`` / ``keras-tf-no-onednn`` force
-  ``TF_ENABLE_ONEDNN_OPTS`` to 1 / 0; ``keras-tf-xla`` compiles the steps with XLA. A suffix
+  ``TF_ENABLE_ONEDNN_OPTS`` to 1 / 0; ``keras-tf-keras-bn`` is ``keras-tf-onednn`` with Keras'
+  own BatchNorm ops instead of the package's fused training kernel (the path before it,
+  ``dmr_keras.layers.BatchNormalization``); ``keras-tf-xla`` compiles the steps with XLA. A suffix
   ``@intra``, ``@inter`` or ``@single`` picks a TensorFlow thread setting (``bench/common.py``).
 - ``keras-jax``, ``keras-torch``: Keras 3 on JAX and on PyTorch (``KERAS_BACKEND``).
 - ``torch-eager``, ``torch-compile``: the networks of ``bench/torch_models.py`` in PyTorch,
@@ -48,10 +50,12 @@ import common  # noqa: E402
 
 SCRIPT = os.path.abspath(__file__)
 MODES = ("training", "inference")
+_KERAS_BN = "DMR_BENCH_KERAS_BN"  # a worker with it set trains with Keras' BatchNorm ops
 KERAS = {  # name: (backend, environment, compile options)
     "keras-tf": ("tensorflow", {}, {}),
     "keras-tf-onednn": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "1"}, {}),
     "keras-tf-no-onednn": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0"}, {}),
+    "keras-tf-keras-bn": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "1", _KERAS_BN: "1"}, {}),
     "keras-tf-xla": ("tensorflow", {}, {"jit_compile": True}),
     "keras-jax": ("jax", {}, {}),
     "keras-torch": ("torch", {}, {}),
@@ -104,6 +108,10 @@ def _keras_steps(spec):
     base, threads = split_contender(spec["contender"])
     if keras.backend.backend() == "tensorflow":
         common.apply_tf_threads(threads)
+    if os.environ.get(_KERAS_BN) == "1":  # this worker process only
+        from dmr_keras.layers import BatchNormalization
+
+        BatchNormalization.fused = False
     steps, params = {}, {}
     for name in spec["models"]:
         model = zoo.create_model(name, classes=10, input_shape=(spec["size"],) * 2 + (3,),

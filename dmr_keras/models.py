@@ -46,6 +46,7 @@ from dmr_keras.layers import (
     BN_EPSILON,
     BN_MOMENTUM,
     MAPPINGS,
+    BatchNormalization,
     MergeAndRunBlock,
     SymmetricMaxPooling2D,
     _check_choice,
@@ -204,7 +205,7 @@ def _stem(x, form, filters, kernel_regularizer, bias_regularizer):
             name="stem_conv",
         )(x)
     if form != "imagenet2018":  # the 2018 stem is a bare conv (symbol_cross.py)
-        x = keras.layers.BatchNormalization(
+        x = BatchNormalization(
             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_regularizer=bias_regularizer,
             beta_regularizer=bias_regularizer, name="stem_bn",
         )(x)

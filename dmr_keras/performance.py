@@ -26,6 +26,7 @@ its own turns oneDNN on with ``TF_ENABLE_ONEDNN_OPTS=1`` in its environment (or
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 CPU_THREADS = ("auto", "default", "intra", "inter")
@@ -149,3 +150,19 @@ def configure_onednn(setting: str = "auto") -> bool | None:
         setting = "on"
     os.environ[ONEDNN_ENV] = "1" if setting == "on" else "0"
     return setting == "on"
+
+
+@contextlib.contextmanager
+def fused_batchnorm(enabled: bool = True):
+    """Within the block, every :class:`dmr_keras.layers.BatchNormalization` uses TensorFlow's
+    fused training kernel (``enabled``, the default outside it too) or Keras' own ops; restored
+    after. Read when a step is traced: wrap the ``fit`` (``dmr-train --no-fused-batchnorm``
+    does)."""
+    from dmr_keras.layers import BatchNormalization
+
+    saved = BatchNormalization.fused
+    BatchNormalization.fused = bool(enabled)
+    try:
+        yield
+    finally:
+        BatchNormalization.fused = saved

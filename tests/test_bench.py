@@ -248,3 +248,21 @@ def test_cli_startup_times_before_and_after(tmp_path):
     assert [r["exit_status"] for r in results] == [0, 2]  # --help, then an argument error
     assert all(len(r["before_s"]) == len(r["after_s"]) == 1 for r in results)
     assert results[0]["stderr_lines_after"] == 0  # no TensorFlow notice on --help
+
+
+def test_fused_batchnorm_bench_prints_both_paths(tmp_path):
+    out = tmp_path / "f.json"
+    proc = _run("fused_batchnorm.py", "--models", "dmrnet_8_tiny", "--batches", "4", "--size",
+                "8", "--repeats", "2", "--steps", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _table_rows(proc.stdout, "dmrnet_8_tiny ")
+    assert len(rows) == 2 and "training" in rows[0] and "inference" in rows[1]
+    data = json.loads(out.read_text())
+    assert data["machine"]["onednn"] is True  # the script turns oneDNN on before TensorFlow
+    for row in data["rows"]:
+        assert len(row["ratios"]) == 2 and row["keras"] > 0 and row["fused"] > 0
+        # The ratio is the median of the per-repeat ratios (runs are rounded to 0.1 image/s).
+        per_repeat = [f / k for f, k in zip(row["fused_runs"], row["keras_runs"])]
+        assert row["ratio"] == pytest.approx(sum(per_repeat) / 2, rel=0.02)
+    bad = _run("fused_batchnorm.py", "--repeats", "0")
+    assert bad.returncode == 2 and "at least 1" in bad.stderr

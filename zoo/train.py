@@ -42,7 +42,7 @@ DEFAULTS = dict(
     init_weights=None, freeze_backbone=False, data_dir=None, validation_split=0.1,
     verbose=1, cpu_devices=None, cpu_threads="auto", deterministic=None, overwrite=False,
     skip_corrupt=False, image_size=None, optimizer="sgd", mixup=0.0, cutmix=0.0,
-    randaugment=0.0, ema=0.0, jit_compile=None, val_fraction=0.0,
+    randaugment=0.0, ema=0.0, jit_compile=None, val_fraction=0.0, fused_batchnorm=True,
 )
 # lr and weight_decay None: the optimizer's. SGD's are the paper's (its weight decay is an L2
 # term, MXNet's wd); AdamW's are DeiT's / timm's (decoupled decay, scaled by the rate).
@@ -219,6 +219,7 @@ def train(
     ema: float = DEFAULTS["ema"],
     jit_compile: bool | None = DEFAULTS["jit_compile"],
     val_fraction: float = DEFAULTS["val_fraction"],
+    fused_batchnorm: bool = DEFAULTS["fused_batchnorm"],
 ) -> dict:
     """Train ``model`` (a registered name) on ``dataset``; returns the run's metrics dict.
 
@@ -243,6 +244,11 @@ def train(
     ``metrics.json``'s ``val_accuracy`` / ``val_loss`` are measured on it, for choosing
     settings, and the test split is measured once, after the last epoch (``test_accuracy``).
     Off, the epoch lines report the test split (never used to select anything).
+
+    ``fused_batchnorm`` (default on): the model's BatchNormalization layers train with
+    TensorFlow's fused kernel (:class:`dmr_keras.layers.BatchNormalization`; same weights and
+    results to float32 rounding, faster); off, with Keras' own ops. Set for the run, restored
+    after; not a run key (a run may resume with the other).
     """
 
     from dmr_keras import checks, distribute, performance
@@ -288,9 +294,20 @@ def train(
     plan = distribute.make_plan(strategy, batch_size)
     from dmr_keras.training import run_settings
 
-    with run_settings(seed, deterministic, mixed_precision, has_gpu), plan.scope():
+    with run_settings(seed, deterministic, mixed_precision, has_gpu), plan.scope(), \
+            performance.fused_batchnorm(fused_batchnorm):
         return _train_run(run, output, plan, data_dir=data_dir, verbose=verbose,
                           threads=threads)
+
+
+def _fused_batchnorm_used(model) -> bool:
+    import keras
+
+    from dmr_keras.layers import BatchNormalization
+
+    return keras.backend.backend() == "tensorflow" and BatchNormalization.fused and any(
+        isinstance(layer, BatchNormalization)
+        for layer in model._flatten_layers(include_self=False, recursive=True))
 
 
 def _train_run(run, output, plan, *, data_dir, verbose, threads):
@@ -426,6 +443,8 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
         backend=keras.backend.backend(),
         # TensorFlow's oneDNN kernels on/off in this (last) attempt; None on other backends.
         onednn=performance.onednn_enabled() if keras.backend.backend() == "tensorflow" else None,
+        # Whether BatchNormalization trained with TensorFlow's fused kernel in this attempt.
+        fused_batchnorm=_fused_batchnorm_used(net),
     )
     # Every worker saves (a collective operation under a multi-worker strategy); only the
     # chief keeps its files.
@@ -687,6 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TensorFlow CPU threads: 'inter' runs parallel branches on separate cores "
                         "(auto: 'inter' for multi-branch models without a GPU; see "
                         "docs/benchmarks.md)")
+    p.add_argument("--fused-batchnorm", action=argparse.BooleanOptionalAction,
+                   default=d["fused_batchnorm"],
+                   help="train BatchNormalization with TensorFlow's fused kernel (same weights, "
+                        "results to float32 rounding; bench/fused_batchnorm.py)")
     p.add_argument("--onednn", default="auto", choices=ONEDNN,
                    help="TensorFlow's oneDNN CPU kernels (auto: on, unless TF_ENABLE_ONEDNN_OPTS "
                         "is set; on trains dmrnet_56 1.6-2.1x faster than off, "

@@ -40,42 +40,52 @@ BN_EPSILON = 2e-5
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BatchNormalization(keras.layers.BatchNormalization):
-    """``keras.layers.BatchNormalization`` with a fused training step on TensorFlow.
+    """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel.
 
-    Keras 3 computes a training-mode batch norm from separate ops (moments, then the
-    normalisation: about ten element-wise kernels forward and more backward); TensorFlow has
-    one fused kernel for it, ``FusedBatchNormV3``, with its own fused gradient. On the
-    TensorFlow backend, in training mode, for a float32 4-D channels-last input, this layer
-    calls that kernel; everything else (inference, other backends, masks, renorm, synchronized
-    statistics, other dtypes or axes) is Keras' own code. The weights, their names, the config
-    and the moving-statistics update (Keras' biased batch variance, Keras' momentum) are those
-    of the Keras layer, so a weights file loads either way; results equal Keras' to float32
-    rounding (``tests/test_fused_batchnorm.py``; measured speed: ``bench/fused_batchnorm.py``).
-    Inference keeps Keras' ops, so exports are unchanged.
+    Keras 3 computes a batch norm from separate ops (in training: moments, then the
+    normalisation, about ten element-wise kernels forward and more backward); TensorFlow has
+    one fused kernel for it, ``FusedBatchNormV3``, with its own fused gradient, and its oneDNN
+    graph rewrites fold the inference form into the convolution before it. On the TensorFlow
+    backend, for a float32 4-D channels-last input, this layer calls that kernel, in training
+    (batch statistics) and in inference (moving statistics, also for a frozen layer); every
+    other case (other backends, masks, renorm, synchronized statistics, other dtypes or axes,
+    a symbolic ``training``) is Keras' own code. The weights, their names, the config and the
+    moving-statistics update (Keras' biased batch variance, Keras' momentum) are those of the
+    Keras layer, so a weights file loads either way; results equal Keras' to float32 rounding
+    (``tests/test_fused_batchnorm.py``; speed: ``bench/fused_batchnorm.py``). Exports
+    (``zoo.export``) are traced with Keras' ops.
 
     ``BatchNormalization.fused = False`` (or :func:`dmr_keras.performance.fused_batchnorm`,
-    which restores it after) makes every instance use Keras' path; it is read when a step is
+    which restores it after) makes every instance use Keras' ops; it is read when a step is
     traced.
     """
 
     fused = True
 
-    def _can_fuse(self, inputs, training, mask):
-        return training is True and self.trainable and type(self).fused and mask is None \
-            and not self.renorm and not self.synchronized and self.scale and self.center \
-            and len(inputs.shape) == 4 and self.axis in (-1, 3) \
+    def _fusable(self, inputs, training, mask):
+        return type(self).fused and (training is None or isinstance(training, bool)) \
+            and mask is None and not self.renorm and not self.synchronized and self.scale \
+            and self.center and len(inputs.shape) == 4 and self.axis in (-1, 3) \
             and keras.backend.standardize_dtype(inputs.dtype) == "float32" \
             and keras.backend.backend() == "tensorflow"
 
     def call(self, inputs, training=None, mask=None):
-        if not self._can_fuse(inputs, training, mask):
+        if not self._fusable(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
+        gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
+        moving_mean = ops.cast(self.moving_mean, "float32")
+        moving_variance = ops.cast(self.moving_variance, "float32")
+        if not (training and self.trainable):  # Keras' rule for the moving statistics
+            outputs = tf.raw_ops.FusedBatchNormV3(
+                x=inputs, scale=gamma, offset=beta, mean=moving_mean, variance=moving_variance,
+                epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+                is_training=False)[0]
+            return ops.cast(outputs, self.compute_dtype)
         empty = tf.constant([], tf.float32)
         outputs, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=inputs, scale=ops.cast(self.gamma, "float32"),
-            offset=ops.cast(self.beta, "float32"), mean=empty, variance=empty,
+            x=inputs, scale=gamma, offset=beta, mean=empty, variance=empty,
             epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
             is_training=True)
         # The kernel returns the unbiased (n - 1) batch variance for the moving average; Keras
@@ -84,10 +94,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
         variance = variance * tf.maximum(n - 1.0, 0.0) / tf.maximum(n, 1.0)
         momentum = self.momentum
-        self.moving_mean.assign(
-            ops.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum))
-        self.moving_variance.assign(
-            ops.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum))
+        self.moving_mean.assign(moving_mean * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(moving_variance * momentum + variance * (1.0 - momentum))
         return ops.cast(outputs, self.compute_dtype)
 
 

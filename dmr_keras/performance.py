@@ -155,9 +155,9 @@ def configure_onednn(setting: str = "auto") -> bool | None:
 @contextlib.contextmanager
 def fused_batchnorm(enabled: bool = True):
     """Within the block, every :class:`dmr_keras.layers.BatchNormalization` uses TensorFlow's
-    fused training kernel (``enabled``, the default outside it too) or Keras' own ops; restored
-    after. Read when a step is traced: wrap the ``fit`` (``dmr-train --no-fused-batchnorm``
-    does)."""
+    fused kernel (``enabled``, the default outside it too) or Keras' own ops; restored after.
+    Read when a step is traced: wrap the ``fit`` / ``predict`` (``dmr-train
+    --no-fused-batchnorm`` does; ``zoo.export`` traces with Keras' ops)."""
     from dmr_keras.layers import BatchNormalization
 
     saved = BatchNormalization.fused

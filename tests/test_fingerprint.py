@@ -79,10 +79,13 @@ def test_shipped_entry_passes_its_fingerprint(entry):
     with_pre = applications.DMRNet8Tiny(weights="digits", classifier_activation=None)
     np.testing.assert_allclose(model_outputs(with_pre, x)[0], model_outputs(model, x)[0],
                                atol=1e-4)
-    # recomputing gives the stored fingerprint (values rounded to 7 digits)
+    # recomputing gives the stored fingerprint (values rounded to 7 digits; the kernels that
+    # compute it may differ from the ones that stored it by float32 rounding of the largest
+    # logit, e.g. TensorFlow's fused BatchNorm against Keras' ops: 3.6e-6 at a scale of 28)
     again = compute_fingerprint(model, entry)
     assert again["indices"] == fp["indices"]
-    np.testing.assert_allclose(again["values"], fp["values"], rtol=1e-6)
+    np.testing.assert_allclose(again["values"], fp["values"],
+                               atol=1e-6 * np.abs(fp["values"]).max())
     # and random weights are far outside it
     with pytest.raises(ValueError) as err:
         check_fingerprint(zoo.create_model("dmrnet_8_tiny"), entry)

@@ -68,21 +68,47 @@ def test_training_step_equals_keras():
     assert np.abs(sf[1] - _pair(shape)[0].moving_variance.numpy()).max() > 1e-2
 
 
-def test_inference_frozen_and_switched_off_use_keras_ops():
+def test_inference_and_frozen_use_the_moving_statistics_and_switching_off_restores_keras():
     shape = (4, 3, 3, 2)
-    x = np.random.default_rng(2).normal(0, 1, shape).astype("float32")
-    r = np.ones(shape, "float32")
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, shape).astype("float32")
+    r = rng.normal(0, 1, shape).astype("float32")
     fused, plain = _pair(shape)
-    yf, _, _, ops = _step(fused, x, r, training=False)
-    assert "FusedBatchNormV3" not in ops  # inference (and so every export) is Keras' graph
-    np.testing.assert_array_equal(yf, _step(plain, x, r, training=False)[0])
-    fused.trainable = False  # a frozen layer normalises with its moving statistics
-    assert "FusedBatchNormV3" not in _step(fused, x, r)[3]
+    yf, gf, sf, ops = _step(fused, x, r, training=False)
+    yk, gk, sk, _ = _step(plain, x, r, training=False)
+    assert "FusedBatchNormV3" in ops
+    np.testing.assert_allclose(yf, yk, atol=1e-5)
+    for a, b in zip(gf, gk):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(sf, sk):  # inference leaves the moving statistics alone
+        np.testing.assert_array_equal(a, b)
+    fused.trainable = plain.trainable = False  # frozen: moving statistics even in training
+    yf, _, sf, ops = _step(fused, x, r)
+    yk, _, sk, _ = _step(plain, x, r)
+    assert "FusedBatchNormV3" in ops
+    np.testing.assert_allclose(yf, yk, atol=1e-5)
+    for a, b in zip(sf, sk):
+        np.testing.assert_array_equal(a, b)
     fused.trainable = True
     with performance.fused_batchnorm(False):
         assert "FusedBatchNormV3" not in _step(fused, x, r)[3]
+        assert "FusedBatchNormV3" not in _step(fused, x, r, training=False)[3]
     assert BatchNormalization.fused is True
     assert "FusedBatchNormV3" in _step(fused, x, r)[3]
+
+
+def test_exports_are_traced_with_keras_ops(tmp_path):
+    from zoo.export import export_model, run_exported
+
+    model = create_model("dmrnet_8_tiny", input_shape=(8, 8, 3), classes=10,
+                         classifier_activation=None)
+    x = np.random.default_rng(6).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    path = export_model(model, tmp_path / "sm", "saved_model")
+    graph = b"".join(p.read_bytes() for p in path.rglob("*.pb"))
+    assert b"FusedBatchNormV3" not in graph and b"FusedBatchNorm" not in graph
+    np.testing.assert_allclose(run_exported(path, "saved_model", x),
+                               model.predict(x, verbose=0), atol=1e-4)
+    assert BatchNormalization.fused is True
 
 
 @pytest.mark.parametrize("kind", ["mask", "axis1", "rank2", "float16"])

@@ -211,13 +211,18 @@ def export_model(model, path, format: str, *, batch_size: int | None = None) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     input_signature = _input_signature(model, batch_size)
-    if format == "saved_model":
-        with _atomic_dir(path) as tmp:
-            _write_saved_model(model, tmp, input_signature)
-    elif format == "onnx":
-        _export_onnx(model, path, input_signature)
-    else:
-        _export_tflite(model, path, input_signature)
+    from dmr_keras.performance import fused_batchnorm
+
+    # Traced with Keras' BatchNorm ops, the graph every converter has always been given
+    # (TensorFlow's fused kernel is this package's speed path, not part of the model).
+    with fused_batchnorm(False):
+        if format == "saved_model":
+            with _atomic_dir(path) as tmp:
+                _write_saved_model(model, tmp, input_signature)
+        elif format == "onnx":
+            _export_onnx(model, path, input_signature)
+        else:
+            _export_tflite(model, path, input_signature)
     return path
 
 

@@ -245,7 +245,7 @@ def train(
     settings, and the test split is measured once, after the last epoch (``test_accuracy``).
     Off, the epoch lines report the test split (never used to select anything).
 
-    ``fused_batchnorm`` (default on): the model's BatchNormalization layers train with
+    ``fused_batchnorm`` (default on): the model's BatchNormalization layers run on
     TensorFlow's fused kernel (:class:`dmr_keras.layers.BatchNormalization`; same weights and
     results to float32 rounding, faster); off, with Keras' own ops. Set for the run, restored
     after; not a run key (a run may resume with the other).
@@ -708,7 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/benchmarks.md)")
     p.add_argument("--fused-batchnorm", action=argparse.BooleanOptionalAction,
                    default=d["fused_batchnorm"],
-                   help="train BatchNormalization with TensorFlow's fused kernel (same weights, "
+                   help="BatchNormalization on TensorFlow's fused kernel (same weights, "
                         "results to float32 rounding; bench/fused_batchnorm.py)")
     p.add_argument("--onednn", default="auto", choices=ONEDNN,
                    help="TensorFlow's oneDNN CPU kernels (auto: on, unless TF_ENABLE_ONEDNN_OPTS "

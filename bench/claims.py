@@ -97,14 +97,29 @@ def digits_datasets(args, seed):
 
 
 def datasets(args, seed):
-    """``(train, test, train examples, test examples, classes)`` for one seed."""
+    """``(train, test, train examples, test examples, classes)`` for one seed.
+
+    ``--train-subset N`` (datasets other than digits): training uses a fixed, class-balanced
+    subset of about N images of the training split, the same for every model and seed (the
+    part :func:`dmr_keras.data.holdout_split` keeps, which depends on the labels only); the
+    test split is always whole.
+    """
     if args.dataset == "digits":
         return digits_datasets(args, seed)
     from dmr_keras import data
 
     train, test, info = data.load(args.dataset, batch_size=args.batch_size, seed=seed,
                                   data_dir=args.data_dir)
-    return train, test, info.train_examples, info.eval_examples, info.num_classes
+    n_train = info.train_examples
+    if args.train_subset:
+        if args.train_subset >= n_train:
+            raise ValueError(f"--train-subset {args.train_subset} is not smaller than the "
+                             f"{n_train} training images of {args.dataset}; use 0 for all")
+        train, _, sub = data.load(args.dataset, batch_size=args.batch_size, seed=seed,
+                                  data_dir=args.data_dir,
+                                  holdout_fraction=1 - args.train_subset / n_train)
+        n_train = sub.train_examples
+    return train, test, n_train, info.eval_examples, info.num_classes
 
 
 def run_one(args, name, seed):
@@ -149,15 +164,37 @@ def summarise(args, results):
                  for s in sorted(runs) if s in ref]
         dmean, dstd = common.mean_std(diffs) if diffs and name != args.reference else (None, 0)
         wins = sum(d > 0 for d in diffs)
+        sep = separable(diffs) if dmean is not None else "-"
         any_run = next(iter(runs.values()))
         rows.append([name, f"{any_run['params'] / 1e6:.3f}M", any_run["mflops"], len(accs),
                      " ".join(f"{a:.2f}" for a in accs), f"{mean:.2f} ± {std:.2f}",
                      f"{dmean:+.2f} ± {dstd:.2f}" if dmean is not None else "-",
-                     f"{wins}/{len(diffs)}" if dmean is not None else "-",
+                     f"{wins}/{len(diffs)}" if dmean is not None else "-", sep,
                      statistics.median([runs[s]["seconds"] for s in runs])])
     return common.table(
         ["model", "params", "MFLOP/img", "seeds", "test acc % per seed", "mean ± std",
-         f"vs {args.reference} (paired)", "wins", "train s"], rows, "lrrrlrrrr")
+         f"vs {args.reference} (paired)", "wins", "separable (paired t, 95 %)", "train s"],
+        rows, "lrrrlrrrlr")
+
+
+# Two-sided 95 % critical values of Student's t by degrees of freedom (n - 1 paired seeds).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262}
+
+
+def separable(diffs) -> str:
+    """Whether paired per-seed differences are separable from the seed noise: a paired t-test,
+    two-sided, 95 % (``t = mean / (std / sqrt(n))`` against Student's t with n - 1 degrees of
+    freedom). ``"yes (t=5.1)"``, ``"no (t=1.2)"``, or ``"n/a"`` with fewer than 2 seeds (or
+    more than 10) ."""
+    n = len(diffs)
+    if n < 2 or n - 1 not in _T95:
+        return "n/a"
+    mean, std = common.mean_std(diffs)
+    if std == 0:
+        return "yes (no spread)" if mean != 0 else "no (equal)"
+    t = mean / (std / n ** 0.5)
+    return f"{'yes' if abs(t) > _T95[n - 1] else 'no'} (t={t:.1f})"
 
 
 def plot(args, results, path):
@@ -201,6 +238,9 @@ def main(argv=None):
     p.add_argument("--train-per-class", type=int, default=50,
                    help="digits only: training images per class (0: the whole training split)")
     p.add_argument("--data-seed", type=int, default=0, help="digits only: which subset")
+    p.add_argument("--train-subset", type=int, default=0,
+                   help="other datasets: train on a fixed, class-balanced subset of about N "
+                        "training images (0: all); the test split stays whole")
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--output", default="bench/results/claims")
     args = p.parse_args(argv)
@@ -214,6 +254,9 @@ def main(argv=None):
         zoo.get_variant(name)
     if args.epochs < 1 or args.batch_size < 1 or not args.seeds:
         p.error("--epochs and --batch-size must be >= 1 and --seeds non-empty")
+    if args.train_subset < 0 or (args.train_subset and args.dataset == "digits"):
+        p.error(f"--train-subset {args.train_subset}: a number of images >= 0, for datasets "
+                "other than digits (digits: --train-per-class)")
     args.size = args.size or (8 if args.dataset == "digits" else 32)
     args.lr = args.lr or (0.01 if args.dataset == "digits" else 0.1)
     if args.dataset == "digits" and args.size != 8:
@@ -224,6 +267,8 @@ def main(argv=None):
     setting = {k: getattr(args, k) for k in ("dataset", "epochs", "batch_size", "lr",
                                               "weight_decay", "size", "train_per_class",
                                               "data_seed", "augment")}
+    if args.train_subset:  # only when used: studies from before it keep their setting
+        setting["train_subset"] = args.train_subset
     results = []
     if state_path.exists():
         state = json.loads(state_path.read_text())

@@ -266,3 +266,48 @@ def test_fused_batchnorm_bench_prints_both_paths(tmp_path):
         assert row["ratio"] == pytest.approx(sum(per_repeat) / 2, rel=0.02)
     bad = _run("fused_batchnorm.py", "--repeats", "0")
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+
+
+def test_claims_separable_is_a_paired_t_test():
+    claims = _load("claims")
+    # mean 1.0, std 0.1, n 3: t = 17.3 > 4.303
+    assert claims.separable([1.0, 1.1, 0.9]) == "yes (t=17.3)"
+    # mean 0.167, std 1.04: t = 0.28
+    assert claims.separable([1.0, -1.0, 0.5]) == "no (t=0.3)"
+    # n 3 and t = 4.0 < 4.303: not separable at 95 % though every seed agrees
+    assert claims.separable([1.0, 1.0 + 0.25 * 3 ** 0.5, 1.0 - 0.25 * 3 ** 0.5]).startswith("no")
+    assert claims.separable([0.5]) == "n/a"
+
+
+def test_claims_on_a_cifar_folder_with_a_fixed_training_subset(tmp_path):
+    """A CIFAR-10 layout of 60 + 20 images: --train-subset 30 trains every model and seed on the
+    same 3 images per class; the test split stays whole."""
+    import numpy as np
+    import tensorflow as tf
+
+    from dmr_keras import data
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 6), ("test", 2)):
+        for name in data.CIFAR10_CLASSES:
+            (tmp_path / "c10" / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                (tmp_path / "c10" / split / name / f"{i}.png").write_bytes(
+                    tf.io.encode_png(image).numpy())
+    out = tmp_path / "out"
+    args = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "c10"), "--models",
+            "dmrnet_8_tiny", "--reference", "dmrnet_8_tiny", "--seeds", "0,1", "--epochs", "1",
+            "--batch-size", "10", "--train-subset", "30", "--output", str(out)]
+    proc = _run("claims.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train 30 / test 20 images" in proc.stdout
+    state = json.loads((out / "claims.json").read_text())
+    assert state["setting"]["train_subset"] == 30
+    assert [r["train_examples"] for r in state["results"]] == [30, 30]
+    too_many = _run("claims.py", *args[:-2], "--train-subset", "60", "--output",
+                    str(tmp_path / "o2"))
+    assert too_many.returncode != 0 and "--train-subset 60 is not smaller than the 60" in \
+        too_many.stderr
+    digits = _run("claims.py", "--train-subset", "30", "--output", str(tmp_path / "o3"))
+    assert digits.returncode == 2 and "digits: --train-per-class" in digits.stderr

@@ -304,10 +304,10 @@ def _fused_batchnorm_used(model) -> bool:
     import keras
 
     from dmr_keras.layers import BatchNormalization
+    from dmr_keras.training import _batchnorm_layers
 
     return keras.backend.backend() == "tensorflow" and BatchNormalization.fused and any(
-        isinstance(layer, BatchNormalization)
-        for layer in model._flatten_layers(include_self=False, recursive=True))
+        isinstance(layer, BatchNormalization) for layer in _batchnorm_layers(model))
 
 
 def _train_run(run, output, plan, *, data_dir, verbose, threads):

@@ -20,7 +20,9 @@ steps batch norm's moving averages (momentum 0.99) never settle. Any other ``dmr
 (``cifar10``, ``cifar100``, ``svhn``, ``folder:PATH``) uses its standard pipeline and split.
 
 Results are saved after every run (atomically) in ``OUTPUT/claims.json``; the same command
-started again skips the runs already done, so a long CIFAR study survives interruption.
+started again skips the runs already done, so a long CIFAR study survives interruption. Runs on
+datasets other than digits also save every epoch (``--work-dir``) and continue a killed run
+after its last saved epoch, with the batches an uninterrupted run sees.
 
     python bench/claims.py                                    # digits, 4 models x 3 seeds
     python bench/claims.py --dataset cifar10 --epochs 300 --batch-size 64 --size 32 \\
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -39,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # the dmr-* commands' default (issue 16)
 import common  # noqa: E402
 
 DEFAULT_MODELS = "dmrnet_56,dilnet_56,resnet_110,dmrnet_38_k3"
@@ -96,20 +100,23 @@ def digits_datasets(args, seed):
     return train, test, len(x_tr), len(x_te), 10
 
 
-def datasets(args, seed):
+def datasets(args, seed, initial_epoch=0):
     """``(train, test, train examples, test examples, classes)`` for one seed.
 
-    ``--train-subset N`` (datasets other than digits): training uses a fixed, class-balanced
-    subset of about N images of the training split, the same for every model and seed (the
-    part :func:`dmr_keras.data.holdout_split` keeps, which depends on the labels only); the
-    test split is always whole.
+    Datasets other than digits are epoch-keyed (``data.load(epochs=, initial_epoch=)``): the
+    batches of epoch e depend only on ``(seed, e)``, so a run resumed from its epoch checkpoint
+    sees the batches of an uninterrupted one. ``--train-subset N``: training uses a fixed,
+    class-balanced subset of about N images of the training split, the same for every model and
+    seed (the part :func:`dmr_keras.data.holdout_split` keeps, which depends on the labels
+    only); the test split is always whole.
     """
     if args.dataset == "digits":
         return digits_datasets(args, seed)
     from dmr_keras import data
 
+    keyed = {"epochs": args.epochs, "initial_epoch": initial_epoch}
     train, test, info = data.load(args.dataset, batch_size=args.batch_size, seed=seed,
-                                  data_dir=args.data_dir)
+                                  data_dir=args.data_dir, **keyed)
     n_train = info.train_examples
     if args.train_subset:
         if args.train_subset >= n_train:
@@ -117,12 +124,18 @@ def datasets(args, seed):
                              f"{n_train} training images of {args.dataset}; use 0 for all")
         train, _, sub = data.load(args.dataset, batch_size=args.batch_size, seed=seed,
                                   data_dir=args.data_dir,
-                                  holdout_fraction=1 - args.train_subset / n_train)
+                                  holdout_fraction=1 - args.train_subset / n_train, **keyed)
         n_train = sub.train_examples
     return train, test, n_train, info.eval_examples, info.num_classes
 
 
 def run_one(args, name, seed):
+    """Train ``name`` with ``seed`` and measure it on the test split. Datasets other than digits
+    save the model (weights, optimizer, step counter) after every epoch in
+    ``WORK_DIR/NAME-seedS/``; started again, the run continues after its last saved epoch with
+    the batches an uninterrupted run would have seen, and the directory is removed once the run's
+    result is in ``claims.json``. (Digits runs take seconds and keep their original, unkeyed
+    pipeline, so the committed digits study stays reproducible.)"""
     import keras
 
     import zoo
@@ -131,21 +144,47 @@ def run_one(args, name, seed):
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    train, test, n_train, n_test, classes = datasets(args, seed)
-    steps = -(-n_train // args.batch_size)
-    model = zoo.create_model(name, classes=classes, input_shape=(args.size, args.size, 3),
-                             kernel_regularizer=training.kernel_weight_decay(args.weight_decay))
-    schedule = training.learning_rate_schedule("paper", args.lr, args.epochs, steps)
-    model.compile(optimizer=training.make_optimizer(schedule),
-                  loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    keyed = args.dataset != "digits"
+    ckpt_dir = Path(args.work_dir) / f"{name}-seed{seed}"
+    resume = training.latest_checkpoint(ckpt_dir) if keyed else None
+    initial_epoch = min(resume["epoch"], args.epochs) if resume else 0
+    train, test, n_train, n_test, classes = datasets(args, seed, initial_epoch)
+    steps = n_train // args.batch_size if keyed else -(-n_train // args.batch_size)
+    if steps < 1:
+        raise ValueError(f"--batch-size {args.batch_size} is larger than the {n_train} "
+                         "training images")
+    if resume:
+        model = keras.saving.load_model(resume["path"])
+        print(f"# {name} seed {seed}: resuming after epoch {resume['epoch']} "
+              f"({resume['path']})", file=sys.stderr, flush=True)
+    else:
+        model = zoo.create_model(
+            name, classes=classes, input_shape=(args.size, args.size, 3),
+            kernel_regularizer=training.kernel_weight_decay(args.weight_decay))
+        schedule = training.learning_rate_schedule("paper", args.lr, args.epochs, steps)
+        model.compile(optimizer=training.make_optimizer(schedule),
+                      loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    callbacks, fit_kw = [], {}
+    if keyed:
+        checkpoint = training.EpochCheckpoint(
+            ckpt_dir, history=resume["history"] if resume else None, keep=1,
+            epoch_times=resume.get("epoch_times_s") if resume else None)
+        callbacks = [checkpoint]
+        fit_kw = {"initial_epoch": initial_epoch, "steps_per_epoch": steps}
     t = time.perf_counter()
-    history = model.fit(train, epochs=args.epochs, verbose=0, shuffle=False)
+    model.fit(train, epochs=args.epochs, verbose=0, shuffle=False, callbacks=callbacks,
+              **fit_kw)
     seconds = time.perf_counter() - t
+    history = model.history.history
+    if keyed:  # every attempt's epochs (a resumed run's own history starts at its resume)
+        history = checkpoint.history
+        seconds = sum(checkpoint.epoch_times.values())
     loss, acc = model.evaluate(test, verbose=0)
     return {"model": name, "seed": seed, "test_accuracy": float(acc), "test_loss": float(loss),
-            "train_accuracy": float(history.history["accuracy"][-1]),
+            "train_accuracy": float(history["accuracy"][-1]),
             "params": int(model.count_params()), "mflops": count_flops(model) / 1e6,
-            "train_examples": n_train, "test_examples": n_test, "seconds": seconds}
+            "train_examples": n_train, "test_examples": n_test, "seconds": seconds,
+            **({"resumed_at_epoch": initial_epoch} if initial_epoch else {})}
 
 
 def summarise(args, results):
@@ -243,6 +282,10 @@ def main(argv=None):
                         "training images (0: all); the test split stays whole")
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--output", default="bench/results/claims")
+    p.add_argument("--work-dir", default=None,
+                   help="datasets other than digits: where each run's epoch checkpoints live "
+                        "until its result is saved (default: runs/claims-DATASET, outside the "
+                        "committed results)")
     args = p.parse_args(argv)
 
     import zoo
@@ -262,6 +305,7 @@ def main(argv=None):
     if args.dataset == "digits" and args.size != 8:
         p.error(f"--size {args.size}: this study uses the digits at their native 8x8 "
                 "(dmr-train's digits are the same images repeated to 32x32)")
+    args.work_dir = args.work_dir or os.path.join("runs", f"claims-{args.dataset}")
     out = Path(args.output)
     state_path = out / "claims.json"
     setting = {k: getattr(args, k) for k in ("dataset", "epochs", "batch_size", "lr",
@@ -288,6 +332,7 @@ def main(argv=None):
             results.append(r)
             write_json(state_path, {"setting": setting, "machine": mach,
                                     "results": results})
+            shutil.rmtree(Path(args.work_dir) / f"{name}-seed{seed}", ignore_errors=True)
             print(f"# {name} seed {seed}: test accuracy {100 * r['test_accuracy']:.2f} % "
                   f"({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
     results = [r for r in results if r["model"] in args.models and r["seed"] in args.seeds]

@@ -279,22 +279,72 @@ def test_claims_separable_is_a_paired_t_test():
     assert claims.separable([0.5]) == "n/a"
 
 
-def test_claims_on_a_cifar_folder_with_a_fixed_training_subset(tmp_path):
-    """A CIFAR-10 layout of 60 + 20 images: --train-subset 30 trains every model and seed on the
-    same 3 images per class; the test split stays whole."""
+def _cifar_fixture(root, train_per_class=6, test_per_class=2):
+    """A CIFAR-10 layout (``train/<class>/``, ``test/<class>/``) of random 32x32 PNGs."""
     import numpy as np
     import tensorflow as tf
 
     from dmr_keras import data
 
     rng = np.random.default_rng(0)
-    for split, per_class in (("train", 6), ("test", 2)):
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
         for name in data.CIFAR10_CLASSES:
-            (tmp_path / "c10" / split / name).mkdir(parents=True)
+            (root / split / name).mkdir(parents=True)
             for i in range(per_class):
                 image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                (tmp_path / "c10" / split / name / f"{i}.png").write_bytes(
-                    tf.io.encode_png(image).numpy())
+                (root / split / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+
+
+def test_claims_run_killed_mid_way_resumes_to_the_uninterrupted_result(tmp_path):
+    """A CIFAR study's run is SIGKILLed after an epoch is saved; started again, it continues
+    from that epoch (not from 0) and its result equals an uninterrupted run's; the run's
+    checkpoints are removed once its result is saved."""
+    from conftest import sigkill_when
+
+    _cifar_fixture(tmp_path / "c10")
+    epochs = 4
+
+    def args(name):
+        return ["--dataset", "cifar10", "--data-dir",
+                str(tmp_path / "c10"), "--models", "dmrnet_8_tiny", "--reference",
+                "dmrnet_8_tiny", "--seeds", "0", "--epochs", str(epochs), "--batch-size", "10",
+                "--output", str(tmp_path / name), "--work-dir", str(tmp_path / f"{name}-work")]
+
+    whole = _run("claims.py", *args("whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    expected = json.loads((tmp_path / "whole" / "claims.json").read_text())["results"][0]
+    assert "resumed_at_epoch" not in expected
+
+    state = tmp_path / "killed-work" / "dmrnet_8_tiny-seed0" / "checkpoint.json"
+
+    def saved_epoch():
+        try:
+            epoch = json.loads(state.read_text())["epoch"]
+        except (OSError, ValueError):
+            return None
+        return epoch if epoch < epochs else None
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    killed_at, rc = sigkill_when([sys.executable, str(BENCH / "claims.py"), *args("killed")], env,
+                                 tmp_path / "killed.log", saved_epoch)
+    assert killed_at and rc == -9, (killed_at, rc, (tmp_path / "killed.log").read_text()[-2000:])
+    assert not (tmp_path / "killed" / "claims.json").exists()
+
+    again = _run("claims.py", *args("killed"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    got = json.loads((tmp_path / "killed" / "claims.json").read_text())["results"][0]
+    assert got["resumed_at_epoch"] >= killed_at >= 1
+    assert f"resuming after epoch {got['resumed_at_epoch']}" in again.stderr
+    assert got["test_loss"] == pytest.approx(expected["test_loss"], abs=1e-5)
+    assert got["test_accuracy"] == expected["test_accuracy"]
+    assert got["train_accuracy"] == expected["train_accuracy"]
+    assert not (tmp_path / "killed-work" / "dmrnet_8_tiny-seed0").exists()
+
+
+def test_claims_on_a_cifar_folder_with_a_fixed_training_subset(tmp_path):
+    """A CIFAR-10 layout of 60 + 20 images: --train-subset 30 trains every model and seed on the
+    same 3 images per class; the test split stays whole."""
+    _cifar_fixture(tmp_path / "c10")
     out = tmp_path / "out"
     args = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "c10"), "--models",
             "dmrnet_8_tiny", "--reference", "dmrnet_8_tiny", "--seeds", "0,1", "--epochs", "1",

@@ -211,3 +211,32 @@ def test_cli_prints_one_line(files, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert 1 <= len(lines) <= MAX_LINES and lines[0].startswith("dmr-train: error: "), proc.stderr
     assert str(bad) in lines[0] and "truncated" in lines[0]
+
+
+def test_weights_from_a_keras_file_load_once_and_equal_the_saved_model(tmp_path, monkeypatch):
+    """``create_model(name, weights="x.keras")`` reads the head's width from the file's config
+    and loads the model once (it used to load it twice); the result computes what the saved
+    model computes, for a 5-class head and for a headless file."""
+    import keras
+    import numpy as np
+
+    import zoo
+
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+    saved = zoo.create_model("dmrnet_8_tiny", classes=5)
+    saved.save(tmp_path / "five.keras")
+    headless = zoo.create_model("dmrnet_8_tiny", include_top=False, pooling="avg")
+    headless.save(tmp_path / "headless.keras")
+    loads = []
+    real = keras.saving.load_model
+    monkeypatch.setattr(keras.saving, "load_model",
+                        lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+
+    model = zoo.create_model("dmrnet_8_tiny", weights=str(tmp_path / "five.keras"), classes=5)
+    assert len(loads) == 1 and model.output_shape == (None, 5)
+    np.testing.assert_allclose(model.predict(x, verbose=0), saved.predict(x, verbose=0),
+                               atol=1e-6)
+    features = zoo.create_model("dmrnet_8_tiny", weights=str(tmp_path / "headless.keras"),
+                                include_top=False, pooling="avg")
+    np.testing.assert_allclose(features.predict(x, verbose=0), headless.predict(x, verbose=0),
+                               atol=1e-6)

@@ -110,10 +110,14 @@ def resolve_weights(name: str, weights) -> tuple[Path, int, object]:
         if str(path).endswith(".weights.h5"):
             return path, head_classes_in_weights_file(path), None
         if path.suffix == ".keras":
-            from zoo.weights_check import load_keras_model
+            from zoo.weights_check import keras_head_classes, load_keras_model
 
-            model = load_keras_model(path)
-            return path, int(model.output_shape[-1]), None
+            # the head's width from the file's config; the model itself is loaded once, by
+            # load_pretrained (a headless file has no 'predictions': then it is loaded here)
+            classes = keras_head_classes(path)
+            if classes is None:
+                classes = int(load_keras_model(path).output_shape[-1])
+            return path, classes, None
         raise ValueError(f"`weights` must be a .weights.h5 or .keras file. Received: {path}")
     tags = weight_tags(name)
     raise ValueError(

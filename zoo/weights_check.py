@@ -10,6 +10,8 @@ file, what is wrong and the fix:
   registered model whose parameter count the file has (:func:`guess_variants`).
 - :func:`load_keras_model`: ``keras.saving.load_model`` with the same care for a ``.keras``
   file that is truncated, empty or not a zip archive.
+- :func:`keras_head_classes`: the classifier's width from a ``.keras`` file's config, without
+  building the model.
 
 The unreadable-file messages come from :func:`dmr_keras.training.describe_unreadable_file`.
 No Keras import at module level.
@@ -194,6 +196,35 @@ def load_weights_checked(model, path) -> None:
         raise ValueError(describe_unreadable_file(path, "weights", _first_line(err))) from None
     except ValueError as err:  # a mismatch the layout check missed: its first line only
         raise ValueError(f"{path} does not fit {model.name}: {_first_line(err)}") from None
+
+
+def keras_head_classes(path) -> int | None:
+    """The ``units`` of the layer named ``predictions`` in a ``.keras`` file's ``config.json``
+    (read from the zip; nothing is built or loaded), or None when the file has no such layer
+    or no readable config (the caller then loads the model)."""
+    import json
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            cfg = node.get("config")
+            if (isinstance(cfg, dict) and cfg.get("name") == "predictions"
+                    and isinstance(cfg.get("units"), int)):
+                found.append(cfg["units"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found[0] if len(found) == 1 else None
 
 
 def load_keras_model(path):

@@ -27,6 +27,10 @@ after its last saved epoch, with the batches an uninterrupted run sees.
     python bench/claims.py                                    # digits, 4 models x 3 seeds
     python bench/claims.py --dataset cifar10 --epochs 300 --batch-size 64 --size 32 \\
         --output runs/claims-cifar10                          # the paper's setting, on a GPU
+
+Claim 3 (depth sweep): ``--models dmrnet_14,resnet_26,dmrnet_20,resnet_38,dmrnet_26,resnet_50
+--plot-params`` adds ``OUTPUT/error_vs_params.png``, test error against parameters with one
+line per mapping.
 """
 
 from __future__ import annotations
@@ -259,6 +263,48 @@ def plot(args, results, path):
     common.save_png(fig, path)
 
 
+def param_lines(args, results) -> dict:
+    """``{line label: [(params in M, mean error %, std, model), ...]}`` in order of size: one
+    line per mapping (``DMRNet``, ``DILNet``, ``ResNet``; ``DMRNet K=3`` for other K)."""
+    import zoo
+
+    lines = {}
+    for name in args.models:
+        errors = [100 * (1 - r["test_accuracy"]) for r in results if r["model"] == name]
+        if not errors:
+            continue
+        params = next(r["params"] for r in results if r["model"] == name)
+        config = zoo.get_variant(name).config
+        label = {"merge_and_run": "DMRNet", "identity": "DILNet", "resnet": "ResNet"}[
+            config["mapping"]]
+        if config["mapping"] != "resnet" and config["num_branches"] != 2:
+            label += f" K={config['num_branches']}"
+        lines.setdefault(label, []).append((params / 1e6, *common.mean_std(errors), name))
+    return {label: sorted(points) for label, points in lines.items()}
+
+
+def plot_params(args, results, path):
+    """Claim 3: test error (mean ± std over seeds) against parameters, one line per mapping."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = param_lines(args, results)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, (label, points) in enumerate(sorted(lines.items())):
+        xs, means, stds, names = zip(*points)
+        ax.errorbar(xs, means, yerr=stds, fmt="o-", capsize=4, color=f"C{i}", label=label)
+        for x, y, name in zip(xs, means, names):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(f"{args.dataset}: {args.epochs} epochs, mean ± std over seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    common.save_png(fig, path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits")
@@ -281,6 +327,9 @@ def main(argv=None):
                    help="other datasets: train on a fixed, class-balanced subset of about N "
                         "training images (0: all); the test split stays whole")
     p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--plot-params", action="store_true",
+                   help="also plot test error against parameters, a line per mapping "
+                        "(claim 3's depth sweep): OUTPUT/error_vs_params.png")
     p.add_argument("--output", default="bench/results/claims")
     p.add_argument("--work-dir", default=None,
                    help="datasets other than digits: where each run's epoch checkpoints live "
@@ -342,6 +391,9 @@ def main(argv=None):
     print(summarise(args, results))
     plot(args, results, out / "claims.png")
     print(f"plot: {out / 'claims.png'}; results: {state_path}")
+    if args.plot_params:
+        plot_params(args, results, out / "error_vs_params.png")
+        print(f"error against parameters: {out / 'error_vs_params.png'}")
 
 
 if __name__ == "__main__":

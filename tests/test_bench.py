@@ -180,10 +180,12 @@ def test_claims_runs_resumes_and_plots(tmp_path):
     assert all(0 <= r["test_accuracy"] <= 1 for r in state["results"])
     assert (tmp_path / "claims.png").read_bytes()[:4] == b"\x89PNG"
 
-    again = _run("claims.py", *args)  # everything done: nothing retrains, same table
+    # everything done: nothing retrains, same table; --plot-params adds claim 3's plot
+    again = _run("claims.py", *args, "--plot-params")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "seed 0: test accuracy" not in again.stderr
     assert _table_rows(again.stdout, "dmrnet_8_tiny ") == rows
+    assert (tmp_path / "error_vs_params.png").read_bytes()[:4] == b"\x89PNG"
 
     other = _run("claims.py", *args[:-2], "--epochs", "2", "--output", str(tmp_path))
     assert other.returncode == 2 and "another setting" in other.stderr
@@ -266,6 +268,30 @@ def test_fused_batchnorm_bench_prints_both_paths(tmp_path):
         assert row["ratio"] == pytest.approx(sum(per_repeat) / 2, rel=0.02)
     bad = _run("fused_batchnorm.py", "--repeats", "0")
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+
+
+def test_claims_error_against_parameters_has_a_line_per_mapping():
+    import argparse
+
+    claims = _load("claims")
+    args = argparse.Namespace(models=["resnet_38", "dmrnet_20", "resnet_26", "dmrnet_14",
+                                      "dmrnet_14_k3", "dilnet_20"])
+    results = [{"model": m, "seed": s, "params": p, "test_accuracy": a}
+               for m, p, accs in (("dmrnet_20", 543_834, (0.90, 0.92)),
+                                  ("dmrnet_14", 349_402, (0.88, 0.88)),
+                                  ("resnet_38", 564_122, (0.89, 0.91)),
+                                  ("resnet_26", 369_690, (0.87,)),
+                                  ("dmrnet_14_k3", 523_546, (0.85,)),
+                                  ("dilnet_20", 541_082, (0.86,)))
+               for s, a in enumerate(accs)]
+    lines = claims.param_lines(args, results)
+    assert sorted(lines) == ["DILNet", "DMRNet", "DMRNet K=3", "ResNet"]
+    assert [n for *_, n in lines["DMRNet"]] == ["dmrnet_14", "dmrnet_20"]  # by size
+    assert [n for *_, n in lines["ResNet"]] == ["resnet_26", "resnet_38"]
+    params, mean, std, _ = lines["DMRNet"][1]
+    assert params == pytest.approx(0.543834) and mean == pytest.approx(9.0)
+    assert std == pytest.approx(2 ** 0.5)  # errors 10 and 8: sample std
+    assert lines["ResNet"][0][1:3] == (pytest.approx(13.0), 0)
 
 
 def test_claims_separable_is_a_paired_t_test():

@@ -94,6 +94,31 @@ VARIANTS: dict[str, Variant] = {
             macs=83_280_512,
             description="ResNet-38: 6 blocks per stage, dmrnet_20's parameter budget (+3.7 %).",
         ),
+        # Issue 11's depth sweep (claim 3): DMRNet and the twice-as-deep ResNet at three
+        # budgets, 4, 6 and 8 residual branches per stage: dmrnet_14 / resnet_26 (0.35-0.37M),
+        # dmrnet_20 / resnet_38 (0.54-0.56M), dmrnet_26 / resnet_50 (0.74-0.76M).
+        Variant(
+            "resnet_26",
+            dict(form="cifar", depth=26, width=1, num_branches=1, mapping="resnet"),
+            params=369_690,
+            macs=54_968_960,
+            description="ResNet-26: 4 blocks per stage, dmrnet_14's parameter budget (+5.8 %).",
+        ),
+        Variant(
+            "dmrnet_26",
+            dict(form="cifar", depth=26, width=1, num_branches=2, mapping="merge_and_run"),
+            params=738_266,
+            macs=109_494_912,
+            description="DMRNet-26: 4 blocks per stage, the depth sweep's largest DMRNet.",
+        ),
+        Variant(
+            "resnet_50",
+            dict(form="cifar", depth=50, width=1, num_branches=1, mapping="resnet"),
+            params=758_554,
+            macs=111_592_064,
+            description="ResNet-50 (CIFAR form, basic blocks): 8 blocks per stage, dmrnet_26's "
+                        "parameter budget (+2.7 %).",
+        ),
         Variant(
             "dmrnet_14_k3",
             dict(form="cifar", depth=14, width=1, num_branches=3, mapping="merge_and_run"),

@@ -3,7 +3,8 @@
 Builds a small image-folder dataset from scikit-learn's 8x8 digits (not CIFAR: grey, 10 digit
 classes) with 10 and 50 training images per class, and trains ``dmrnet_20`` on it with
 ``dmr-train --dataset folder:DIR`` from scratch and from the zoo's CIFAR-10 weights
-(``--init-weights dmrnet_20.cifar10``: backbone loaded, new 10-class head), with one fixed
+(``--init-weights dmrnet_20.cifar10_e40``, the zoo's first CIFAR-10 weights, the ones the
+study ran with: backbone loaded, new 10-class head), with one fixed
 recipe for every run, over 3 seeds; optionally a third arm, ``probe`` (``--freeze-backbone``:
 only the new head is trained). Prints (and writes) a table: test top-1 mean +- std over seeds
 per cell, the paired per-seed differences against scratch, and the time per run.
@@ -205,7 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=str(common.ROOT / "bench" / "results" / "finetune"),
                    help=f"where {RESULTS_FILE} and {TABLE_FILE} go")
     p.add_argument("--model", default="dmrnet_20")
-    p.add_argument("--init-weights", default="dmrnet_20.cifar10")
+    p.add_argument("--init-weights", default="dmrnet_20.cifar10_e40")
     p.add_argument("--sizes", default="10,50", help="training images per class")
     p.add_argument("--arms", default="scratch,finetune", help=f"of {', '.join(ARMS)}")
     p.add_argument("--seeds", default="0,1,2")

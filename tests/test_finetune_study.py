@@ -70,7 +70,7 @@ def test_table_pairs_seeds():
 def _args(**kw):
     import argparse
 
-    base = dict(model="dmrnet_20", init_weights="dmrnet_20.cifar10", epochs=30, batch_size=32,
+    base = dict(model="dmrnet_20", init_weights="dmrnet_20.cifar10_e40", epochs=30, batch_size=32,
                 limit=None)
     return argparse.Namespace(**{**base, **kw})
 

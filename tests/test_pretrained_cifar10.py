@@ -41,7 +41,7 @@ def test_the_weights_are_registered_with_their_provenance():
     entry = weights.load_manifest()[KEY]
     assert tuple(entry.class_names) == CLASSES and entry.classes == 10
     prov = entry.provenance
-    assert prov["epochs"] == entry.metrics["epochs"] == 40
+    assert prov["epochs"] == entry.metrics["epochs"] == 100
     assert len(prov["data_sha256"]) == 64 and prov["train_time_s"] > 0
     assert entry.command.startswith("dmr-train --model dmrnet_20 --dataset cifar10")
 
@@ -72,3 +72,14 @@ def test_forgetting_the_0_255_scale_is_warned_and_wrong():
         wrong = preprocess_input(x / 255.0, weights=KEY)
     accuracy = float(np.mean(model.predict(wrong, verbose=0).argmax(axis=1) == y))
     assert accuracy < 0.5, accuracy
+
+
+def test_the_first_weights_stay_available_as_cifar10_e40():
+    """The 40-epoch weights the fine-tuning study ran with keep a tag of their own: listed,
+    another file than ``cifar10``'s, and loading checks their stored fingerprint."""
+    manifest = weights.load_manifest()
+    old = manifest["dmrnet_20.cifar10_e40"]
+    assert "dmrnet_20.cifar10_e40" in zoo.list_models(pretrained=True)
+    assert old.metrics["epochs"] == 40 and old.sha256 != manifest[KEY].sha256
+    model = zoo.create_model("dmrnet_20.cifar10_e40")  # raises if the fingerprint drifted
+    assert model.count_params() == DMRNet20(weights="cifar10").count_params()

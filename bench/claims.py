@@ -133,6 +133,11 @@ def datasets(args, seed, initial_epoch=0):
     return train, test, n_train, info.eval_examples, info.num_classes
 
 
+def run_dir(args, name, seed) -> Path:
+    """Where a CIFAR-style run keeps its epoch checkpoints until its result is saved."""
+    return Path(args.work_dir) / f"{name}-seed{seed}"
+
+
 def run_one(args, name, seed):
     """Train ``name`` with ``seed`` and measure it on the test split. Datasets other than digits
     save the model (weights, optimizer, step counter) after every epoch in
@@ -149,7 +154,7 @@ def run_one(args, name, seed):
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     keyed = args.dataset != "digits"
-    ckpt_dir = Path(args.work_dir) / f"{name}-seed{seed}"
+    ckpt_dir = run_dir(args, name, seed)
     resume = training.latest_checkpoint(ckpt_dir) if keyed else None
     initial_epoch = min(resume["epoch"], args.epochs) if resume else 0
     train, test, n_train, n_test, classes = datasets(args, seed, initial_epoch)
@@ -168,21 +173,16 @@ def run_one(args, name, seed):
         schedule = training.learning_rate_schedule("paper", args.lr, args.epochs, steps)
         model.compile(optimizer=training.make_optimizer(schedule),
                       loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
-    callbacks, fit_kw = [], {}
-    if keyed:
-        checkpoint = training.EpochCheckpoint(
-            ckpt_dir, history=resume["history"] if resume else None, keep=1,
-            epoch_times=resume.get("epoch_times_s") if resume else None)
-        callbacks = [checkpoint]
-        fit_kw = {"initial_epoch": initial_epoch, "steps_per_epoch": steps}
     t = time.perf_counter()
-    model.fit(train, epochs=args.epochs, verbose=0, shuffle=False, callbacks=callbacks,
-              **fit_kw)
-    seconds = time.perf_counter() - t
-    history = model.history.history
-    if keyed:  # every attempt's epochs (a resumed run's own history starts at its resume)
-        history = checkpoint.history
-        seconds = sum(checkpoint.epoch_times.values())
+    if keyed:
+        checkpoint = training.EpochCheckpoint.continuing(ckpt_dir, resume, keep=1)
+        model.fit(train, epochs=args.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                  verbose=0, shuffle=False, callbacks=[checkpoint])
+        # every attempt's epochs (a resumed run's own history starts at its resume)
+        history, seconds = checkpoint.history, sum(checkpoint.epoch_times.values())
+    else:
+        history = model.fit(train, epochs=args.epochs, verbose=0, shuffle=False).history
+        seconds = time.perf_counter() - t
     loss, acc = model.evaluate(test, verbose=0)
     return {"model": name, "seed": seed, "test_accuracy": float(acc), "test_loss": float(loss),
             "train_accuracy": float(history["accuracy"][-1]),
@@ -381,7 +381,7 @@ def main(argv=None):
             results.append(r)
             write_json(state_path, {"setting": setting, "machine": mach,
                                     "results": results})
-            shutil.rmtree(Path(args.work_dir) / f"{name}-seed{seed}", ignore_errors=True)
+            shutil.rmtree(run_dir(args, name, seed), ignore_errors=True)
             print(f"# {name} seed {seed}: test accuracy {100 * r['test_accuracy']:.2f} % "
                   f"({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
     results = [r for r in results if r["model"] in args.models and r["seed"] in args.seeds]

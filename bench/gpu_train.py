@@ -304,9 +304,7 @@ def train(args, argv) -> dict:
         net.compile(optimizer=training.make_optimizer(sched),
                     loss=training.make_loss(args.label_smoothing), metrics=["accuracy"],
                     jit_compile=bool(args.jit), steps_per_execution=args.steps_per_execution)
-    checkpoint = training.EpochCheckpoint(
-        ckpt_dir, history=resume["history"] if resume else None,
-        epoch_times=resume.get("epoch_times_s") if resume else None)
+    checkpoint = training.EpochCheckpoint.continuing(ckpt_dir, resume)
 
     stop = {"reason": None}
 

@@ -390,6 +390,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.epoch_times = dict(epoch_times or {})
         self._started = None
 
+    @classmethod
+    def continuing(cls, directory, state: dict | None, **kwargs) -> EpochCheckpoint:
+        """An ``EpochCheckpoint`` that carries on from ``state`` (what
+        :func:`latest_checkpoint` returned for ``directory``, or None for a fresh run): its
+        history and epoch times go on from the saved ones."""
+        state = state or {}
+        return cls(directory, history=state.get("history"),
+                   epoch_times=state.get("epoch_times_s"), **kwargs)
+
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
 

@@ -347,9 +347,7 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
         print(f"Resuming from epoch {resume['epoch']} ({resume['path']}).")
     else:
         net = _build(run, info, steps)
-    checkpoint = training.EpochCheckpoint(
-        ckpt_dir, history=resume["history"] if resume else None, enabled=chief,
-        epoch_times=resume.get("epoch_times_s") if resume else None)
+    checkpoint = training.EpochCheckpoint.continuing(ckpt_dir, resume, enabled=chief)
     checkpoint.set_model(net)
     log_dir = output / "logs"
     hparams = {**run, "strategy": plan.name, "replicas": plan.num_replicas,

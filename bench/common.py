@@ -89,6 +89,26 @@ def mean_std(values) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+# Two-sided 95 % critical values of Student's t by degrees of freedom (n - 1 paired seeds).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262}
+
+
+def separable(diffs) -> str:
+    """Whether paired per-seed differences are separable from the seed noise: a paired t-test,
+    two-sided, 95 % (``t = mean / (std / sqrt(n))`` against Student's t with n - 1 degrees of
+    freedom). ``"yes (t=5.1)"``, ``"no (t=1.2)"``, or ``"n/a"`` with fewer than 2 seeds (or
+    more than 10) ."""
+    n = len(diffs)
+    if n < 2 or n - 1 not in _T95:
+        return "n/a"
+    mean, std = mean_std(diffs)
+    if std == 0:
+        return "yes (no spread)" if mean != 0 else "no (equal)"
+    t = mean / (std / n ** 0.5)
+    return f"{'yes' if abs(t) > _T95[n - 1] else 'no'} (t={t:.1f})"
+
+
 def machine() -> dict:
     """What a reader needs to compare numbers: CPU, cores, Python and library versions."""
     cpu = platform.processor() or platform.machine()

@@ -387,3 +387,71 @@ def test_claims_on_a_cifar_folder_with_a_fixed_training_subset(tmp_path):
         too_many.stderr
     digits = _run("claims.py", "--train-subset", "30", "--output", str(tmp_path / "o3"))
     assert digits.returncode == 2 and "digits: --train-per-class" in digits.stderr
+
+
+def test_bn_stats_measures_each_variant_on_images_the_model_never_saw(tmp_path):
+    """bench/bn_stats.py against the same steps done here in-process: the moving-statistics row
+    is the saved model on the held-out part, ``precise`` is precise BN over the kept part's first
+    unaugmented batches, ``precise_aug`` over the same batches augmented (same labels, other
+    pixels); the held-out images are none of the kept ones; a second run measures nothing
+    again; another setting in the same output is refused."""
+    import keras
+    import numpy as np
+
+    import zoo
+    from dmr_keras import data, training
+
+    _cifar_fixture(tmp_path / "c10")
+    c10 = str(tmp_path / "c10")
+    net = zoo.create_model("dmrnet_8_tiny", classes=10, input_shape=(32, 32, 3))
+    path = tmp_path / "m.keras"
+    net.save(path)
+    out = tmp_path / "out"
+    args = ["--dataset", "cifar10", "--data-dir", c10, "--holdout-fraction", "0.5",
+            "--eval-images", "20", "--batches", "2", "--batch-size", "10",
+            "--output", str(out), str(path)]
+    proc = _run("bn_stats.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = json.loads((out / "bn_stats.json").read_text())["results"]
+    assert "| m " in proc.stdout and r["eval_images"] == 20
+
+    kept, held, _ = data.load("cifar10", batch_size=10, data_dir=c10, augment=False, epochs=1,
+                              holdout_fraction=0.5)
+    x = np.concatenate([b[0].numpy() for b in held])
+    y = np.concatenate([b[1].numpy() for b in held])
+    seen = np.concatenate([b[0].numpy() for b in kept])
+    assert len(y) == 30 and len(seen) == 30
+    assert not any(np.array_equal(a, b) for a in x for b in seen)
+
+    def expected(batches):
+        keras.backend.clear_session()
+        model = keras.saving.load_model(path)
+        if batches is not None:
+            assert training.precise_batchnorm(model, batches, max_batches=2) == 2
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        return model.evaluate(x, y, verbose=0)
+
+    # 20 of the 30 held-out images, class-balanced: the script's subset
+    _, pick = data.holdout_split(y, 20 / 30)
+    x, y = x[pick], y[pick]
+    plain, _, _ = data.load("cifar10", batch_size=10, data_dir=c10, augment=False, epochs=1,
+                            holdout_fraction=0.5)
+    aug, _, _ = data.load("cifar10", batch_size=10, data_dir=c10, augment=True, epochs=1,
+                          holdout_fraction=0.5)
+    for (xp, yp), (xa, ya) in zip(list(plain.take(2)), list(aug.take(2))):
+        np.testing.assert_array_equal(yp.numpy(), ya.numpy())
+        assert not np.allclose(xp.numpy(), xa.numpy())
+    for variant, batches in (("moving", None), ("precise", plain), ("precise_aug", aug)):
+        loss, acc = expected(batches)
+        assert r[variant]["loss"] == pytest.approx(loss, rel=1e-5), variant
+        assert r[variant]["accuracy"] == pytest.approx(acc, abs=1e-6), variant
+    assert r["precise"]["loss"] != pytest.approx(r["moving"]["loss"], rel=1e-4)
+    assert r["precise_aug"]["loss"] != pytest.approx(r["precise"]["loss"], rel=1e-4)
+
+    again = _run("bn_stats.py", *args)
+    assert again.returncode == 0 and "held-out" not in again.stderr
+    assert json.loads((out / "bn_stats.json").read_text())["results"] == [r]
+    other = _run("bn_stats.py", *args[:4], "--holdout-fraction", "0.4", *args[6:])
+    assert other.returncode != 0 and "use another --output" in other.stderr
+    missing = _run("bn_stats.py", *args[:-1], str(tmp_path / "nope.keras"))
+    assert missing.returncode == 2 and "nope.keras' does not exist" in missing.stderr

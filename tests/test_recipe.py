@@ -298,6 +298,8 @@ def test_a_run_of_the_earlier_dmr_train_resumes(tmp_path):
         (dict(cutmix="yes"), "`cutmix` must be a number >= 0"),
         (dict(randaugment=15), "`randaugment` is a magnitude in (0, 10]"),
         (dict(jit_compile="xla"), "Unknown `jit_compile`: 'xla'"),
+        (dict(precise_bn="aug"), "Unknown `precise_bn`: 'aug'. Valid values: False, True, "
+                                 "'plain', 'augmented'"),
         (dict(image_size=64), "digits images are 32x32: `image_size` must be None, 32 or"),
         (dict(image_size="big"), "`image_size` must be an integer >= 8, 'keep'"),
         (dict(dataset="imagenet2012", image_size="keep"), "imagenet2012's images are of many"),
@@ -323,3 +325,28 @@ def test_cli_flags_and_their_bare_values():
     assert (bare["mixup"], bare["cutmix"], bare["randaugment"], bare["ema"],
             bare["jit_compile"], bare["image_size"]) == (0.2, 1.0, 9.0, 0.999, True, "keep")
     assert vars(p.parse_args(["--ema", "0.99", "--image-size", "64"]))["image_size"] == 64
+
+
+@pytest.mark.parametrize("mode", ["augmented", "plain"])
+def test_precise_bn_over_augmented_or_plain_batches(mode, tmp_path):
+    """``precise_bn="augmented"`` sets each BN's statistics to precise BN over the training
+    pipeline's batches (the crop and flip on), "plain" (the default, True in run.json) over the
+    same images without augmentation: the saved model equals the last epoch's checkpoint with
+    precise_batchnorm applied here to those batches, and not to the other ones."""
+    out = tmp_path / mode
+    metrics = train(**TINY, epochs=1, batch_size=128, precise_bn=mode, output=str(out))
+    assert metrics["hparams"]["precise_bn"] == ("augmented" if mode == "augmented" else True)
+    saved = keras.saving.load_model(out / "model.keras")
+
+    def statistics(augmented):
+        net = keras.saving.load_model(out / "checkpoints" / "epoch-0001.keras")
+        batches = data_lib.load("digits", batch_size=128, seed=3, augment=augmented,
+                                epochs=1)[0]
+        assert training.precise_batchnorm(net, batches, max_batches=100) > 0
+        return [w.numpy() for w in net.weights if "moving" in w.path]
+
+    ours = [w.numpy() for w in saved.weights if "moving" in w.path]
+    for augmented in (True, False):
+        theirs = statistics(augmented)
+        same = all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(ours, theirs))
+        assert same == (augmented == (mode == "augmented")), augmented

@@ -52,6 +52,10 @@ OPTIMIZER_DEFAULTS = {"sgd": dict(lr=0.1, weight_decay=1e-4),
 # timm's rand-m9, and an average over about the last 1,000 steps.
 FLAG_CONSTS = dict(mixup=0.2, cutmix=1.0, randaugment=9.0, ema=0.999)
 WEIGHT_DECAY_SCOPES = ("all", "kernels")
+# precise_bn: off, on the training images without augmentation (True: the default, and what a
+# run.json from before "augmented" existed means), or on the training pipeline's batches as
+# trained (pycls and detectron2 compute precise BN on their training loader).
+PRECISE_BN = (False, True, "plain", "augmented")  # "plain" is True
 RUN_FILE = "run.json"
 # The settings that define what a run computes. Re-running into a directory with other values
 # for any of them is refused (unless overwrite): a resumed run must be the same run.
@@ -68,6 +72,14 @@ _BEFORE_THE_KEY = dict(label_smoothing=0.0, skip_corrupt=False, optimizer="sgd",
 # What dmr-train writes into its output directory (and --overwrite removes).
 _OUTPUTS = ("checkpoints", "logs", "model.keras", "model.weights.h5", "metrics.json",
             "curves.png", RUN_FILE)
+
+
+def _precise_bn(value):
+    """The run key's value of ``precise_bn``: False, True (``"plain"``) or ``"augmented"``."""
+    from dmr_keras import checks
+
+    checks.choice("precise_bn", value, PRECISE_BN)
+    return "augmented" if value == "augmented" else bool(value)
 
 
 def _check_arguments(run: dict, strategy: str, freeze_backbone: bool) -> str:
@@ -262,7 +274,8 @@ def train(
                weight_decay_scope=weight_decay_scope,
                schedule=schedule, warmup_epochs=warmup_epochs,
                label_smoothing=label_smoothing,
-               zero_init_last_bn=bool(zero_init_last_bn), precise_bn=bool(precise_bn),
+               zero_init_last_bn=bool(zero_init_last_bn),
+               precise_bn=_precise_bn(precise_bn),
                seed=seed, mixed_precision=bool(mixed_precision), init_weights=init_weights,
                freeze_backbone=bool(freeze_backbone), validation_split=validation_split,
                skip_corrupt=bool(skip_corrupt), image_size=image_size, optimizer=optimizer,
@@ -386,14 +399,16 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
         print(f"The model's weights are now their moving average (--ema {run['ema']}).")
 
     if run["precise_bn"]:
+        augmented = run["precise_bn"] == "augmented"  # else the images without augmentation
         with warnings.catch_warnings():  # the first load already named the skipped files
             warnings.filterwarnings("ignore", message="skip_corrupt:")
-            plain, _, _ = data_lib.load(
+            batches, _, _ = data_lib.load(
                 run["dataset"], batch_size=run["batch_size"], seed=seed, data_dir=data_dir,
-                augment=False, epochs=1, validation_split=run["validation_split"] or 0.1,
+                augment=augmented, epochs=1, validation_split=run["validation_split"] or 0.1,
                 skip_corrupt=run["skip_corrupt"], image_size=run["image_size"],
+                randaugment=run["randaugment"], mixup=run["mixup"], cutmix=run["cutmix"],
                 holdout_fraction=run["val_fraction"])  # the images it trained on
-        training.precise_batchnorm(net, plain, max_batches=max(1, min(steps, 100)))
+        training.precise_batchnorm(net, batches, max_batches=max(1, min(steps, 100)))
     held_out = None
     if run["val_fraction"]:  # the held-out part, then the test split: once, now
         val_loss, val_acc, _ = _evaluate(net, plan, eval_ds, val_ds)
@@ -660,10 +675,13 @@ def build_parser() -> argparse.ArgumentParser:
                    default=d["zero_init_last_bn"],
                    help="start each residual branch's last BN scale at 0 (blocks start as "
                         "their skip mapping)")
-    p.add_argument("--precise-bn", action=argparse.BooleanOptionalAction,
-                   default=d["precise_bn"],
-                   help="before evaluating, recompute BN statistics over the training set "
-                        "(without augmentation) with the final weights")
+    p.add_argument("--precise-bn", nargs="?", const="plain", default=d["precise_bn"],
+                   choices=["plain", "augmented"], metavar="plain|augmented",
+                   help="before evaluating, recompute BN statistics with the final weights over "
+                        "up to 100 training batches: 'plain' (the default, also the bare flag) "
+                        "without augmentation, 'augmented' as trained (pycls / detectron2)")
+    p.add_argument("--no-precise-bn", dest="precise_bn", action="store_false",
+                   help="evaluate with the moving averages training ended with")
     p.add_argument("--strategy", default=d["strategy"],
                    choices=["auto", "none", "mirrored", "multiworker"])
     p.add_argument("--mixed-precision", action="store_true",

@@ -325,6 +325,11 @@ def test_cli_flags_and_their_bare_values():
     assert (bare["mixup"], bare["cutmix"], bare["randaugment"], bare["ema"],
             bare["jit_compile"], bare["image_size"]) == (0.2, 1.0, 9.0, 0.999, True, "keep")
     assert vars(p.parse_args(["--ema", "0.99", "--image-size", "64"]))["image_size"] == 64
+    precise = {tuple(a): p.parse_args(a).precise_bn for a in (
+        [], ["--precise-bn"], ["--precise-bn", "augmented"], ["--no-precise-bn"])}
+    assert list(precise.values()) == [True, "plain", "augmented", False]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--precise-bn", "aug"])
 
 
 @pytest.mark.parametrize("mode", ["augmented", "plain"])

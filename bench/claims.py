@@ -22,7 +22,8 @@ steps batch norm's moving averages (momentum 0.99) never settle. Any other ``dmr
 Results are saved after every run (atomically) in ``OUTPUT/claims.json``; the same command
 started again skips the runs already done, so a long CIFAR study survives interruption. Runs on
 datasets other than digits also save every epoch (``--work-dir``) and continue a killed run
-after its last saved epoch, with the batches an uninterrupted run sees.
+after its last saved epoch, with the batches an uninterrupted run sees. ``--keep-models DIR``
+keeps each run's final model (``DIR/NAME-seedS.keras``), e.g. for ``bench/bn_stats.py``.
 
     python bench/claims.py                                    # digits, 4 models x 3 seeds
     python bench/claims.py --dataset cifar10 --epochs 300 --batch-size 64 --size 32 \\
@@ -184,6 +185,11 @@ def run_one(args, name, seed):
         history = model.fit(train, epochs=args.epochs, verbose=0, shuffle=False).history
         seconds = time.perf_counter() - t
     loss, acc = model.evaluate(test, verbose=0)
+    if args.keep_models:  # the model as measured, e.g. for bench/bn_stats.py
+        from dmr_keras.atomic import atomic_path
+
+        with atomic_path(Path(args.keep_models) / f"{name}-seed{seed}.keras") as tmp:
+            model.save(tmp)
     return {"model": name, "seed": seed, "test_accuracy": float(acc), "test_loss": float(loss),
             "train_accuracy": float(history["accuracy"][-1]),
             "params": int(model.count_params()), "mflops": count_flops(model) / 1e6,
@@ -318,6 +324,9 @@ def main(argv=None):
                    help="datasets other than digits: where each run's epoch checkpoints live "
                         "until its result is saved (default: runs/claims-DATASET, outside the "
                         "committed results)")
+    p.add_argument("--keep-models", default=None, metavar="DIR",
+                   help="also save each run's final model as DIR/NAME-seedS.keras (not in "
+                        "claims.json's setting: it changes no result)")
     args = p.parse_args(argv)
 
     import zoo

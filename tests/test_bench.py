@@ -374,13 +374,24 @@ def test_claims_on_a_cifar_folder_with_a_fixed_training_subset(tmp_path):
     out = tmp_path / "out"
     args = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "c10"), "--models",
             "dmrnet_8_tiny", "--reference", "dmrnet_8_tiny", "--seeds", "0,1", "--epochs", "1",
-            "--batch-size", "10", "--train-subset", "30", "--output", str(out)]
+            "--batch-size", "10", "--train-subset", "30", "--keep-models",
+            str(tmp_path / "kept"), "--output", str(out)]
     proc = _run("claims.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train 30 / test 20 images" in proc.stdout
     state = json.loads((out / "claims.json").read_text())
     assert state["setting"]["train_subset"] == 30
     assert [r["train_examples"] for r in state["results"]] == [30, 30]
+    # --keep-models: each run's final model, which measures what claims.json says
+    import keras
+
+    from dmr_keras import data
+
+    _, test, _ = data.load("cifar10", batch_size=10, data_dir=str(tmp_path / "c10"))
+    for r in state["results"]:
+        kept = keras.saving.load_model(tmp_path / "kept" / f"dmrnet_8_tiny-seed{r['seed']}.keras")
+        loss, acc = kept.evaluate(test, verbose=0)
+        assert (loss, acc) == pytest.approx((r["test_loss"], r["test_accuracy"]), rel=1e-5)
     too_many = _run("claims.py", *args[:-2], "--train-subset", "60", "--output",
                     str(tmp_path / "o2"))
     assert too_many.returncode != 0 and "--train-subset 60 is not smaller than the 60" in \

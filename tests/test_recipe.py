@@ -355,3 +355,36 @@ def test_precise_bn_over_augmented_or_plain_batches(mode, tmp_path):
         theirs = statistics(augmented)
         same = all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(ours, theirs))
         assert same == (augmented == (mode == "augmented")), augmented
+
+
+def test_a_finished_run_is_finished_again_with_another_precise_bn(tmp_path, capsys):
+    """precise_bn acts after the last epoch only: the same run with another value finishes
+    again from its last checkpoint (the epochs are not trained again, the checkpoint is
+    untouched), the same value again does nothing, and going back to the first value gives
+    the first run's model and test accuracy."""
+    out = tmp_path / "run"
+
+    def moving(path):
+        return [w.numpy() for w in keras.saving.load_model(path).weights if "moving" in w.path]
+
+    first = train(**TINY, epochs=1, batch_size=128, output=str(out))
+    first_stats = moving(out / "model.keras")
+    ckpt = (out / "checkpoints" / "epoch-0001.keras").read_bytes()
+    capsys.readouterr()
+    other = train(**TINY, epochs=1, batch_size=128, precise_bn="augmented", output=str(out))
+    said = capsys.readouterr().out
+    assert "finishing it again from its last checkpoint (precise_bn: True there, " \
+           "'augmented' now)" in said and "already hold 1 epochs" in said
+    assert other["hparams"]["precise_bn"] == "augmented"
+    assert json.loads((out / "run.json").read_text())["precise_bn"] == "augmented"
+    assert other["history"] == first["history"] and other["train_time_s"] == first["train_time_s"]
+    assert (out / "checkpoints" / "epoch-0001.keras").read_bytes() == ckpt
+    assert not all(np.allclose(a, b) for a, b in zip(first_stats, moving(out / "model.keras")))
+    assert train(**TINY, epochs=1, batch_size=128, precise_bn="augmented",
+                 output=str(out)) == other
+    back = train(**TINY, epochs=1, batch_size=128, precise_bn="plain", output=str(out))
+    assert back["test_accuracy"] == first["test_accuracy"]
+    for a, b in zip(first_stats, moving(out / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="holds another run"):  # a training setting: refused
+        train(**TINY, epochs=1, batch_size=128, lr=0.05, output=str(out))

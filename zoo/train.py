@@ -65,6 +65,10 @@ RUN_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "weight_decay",
             "seed", "mixed_precision", "init_weights", "freeze_backbone", "validation_split",
             "skip_corrupt", "image_size", "optimizer", "mixup", "cutmix", "randaugment", "ema",
             "jit_compile", "val_fraction")
+# The RUN_KEYS that act only after the last epoch, on the final weights: a run may resume with
+# another value, and a finished run given another value is finished again from its last
+# checkpoint (model and metrics replaced). Its epochs are the same either way.
+FINISH_KEYS = ("precise_bn",)
 # The value of a RUN_KEY added later, for a run.json written before it: what those runs did.
 _BEFORE_THE_KEY = dict(label_smoothing=0.0, skip_corrupt=False, optimizer="sgd", mixup=0.0,
                        cutmix=0.0, randaugment=0.0, ema=0.0, jit_compile=None,
@@ -151,7 +155,7 @@ def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
         stored.setdefault(key, value)
     if "dataset" in stored:  # and at the dataset's own size
         stored.setdefault("image_size", _image_size_of(stored["dataset"], None))
-    differ = differing_settings(stored, run, RUN_KEYS)
+    differ = differing_settings(stored, run, [k for k in RUN_KEYS if k not in FINISH_KEYS])
     if differ:
         raise ValueError(
             f"{output} holds another run ({'; '.join(differ)}). Resuming needs the same "
@@ -159,9 +163,16 @@ def _prepare_output(output: Path, run: dict, overwrite: bool) -> dict | None:
             "with the stored ones, choose another --output, or pass --overwrite "
             "(overwrite=True) to discard that run.")
     metrics_file = output / "metrics.json"
-    if metrics_file.exists():
-        return json.loads(metrics_file.read_text())
-    return None
+    if not metrics_file.exists():
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    finished_as = {**stored, **metrics.get("hparams", {})}  # what the metrics were measured with
+    refinish = differing_settings(finished_as, run, FINISH_KEYS)
+    if refinish:
+        print(f"{output} holds a finished run; finishing it again from its last checkpoint "
+              f"({'; '.join(refinish)}).")
+        return None
+    return metrics
 
 
 def _image_size_of(dataset: str, image_size):
@@ -332,8 +343,9 @@ def _train_run(run, output, plan, *, data_dir, verbose, threads):
 
     chief = _is_chief(plan)
     output.mkdir(parents=True, exist_ok=True)
-    if chief and not (output / RUN_FILE).exists():
-        write_json(output / RUN_FILE, run)
+    if chief and (not (output / RUN_FILE).exists()
+                  or json.loads((output / RUN_FILE).read_text()) != run):
+        write_json(output / RUN_FILE, run)  # new, or another FINISH_KEYS value
     ckpt_dir = output / "checkpoints"
     resume = training.latest_checkpoint(ckpt_dir)
     local_epoch = resume["epoch"] if resume else 0

@@ -332,6 +332,11 @@ def test_cli_flags_and_their_bare_values():
         p.parse_args(["--precise-bn", "aug"])
 
 
+def _moving_statistics(model):
+    """Every BatchNorm's moving mean and variance, as arrays."""
+    return [w.numpy() for w in model.weights if "moving" in w.path]
+
+
 @pytest.mark.parametrize("mode", ["augmented", "plain"])
 def test_precise_bn_over_augmented_or_plain_batches(mode, tmp_path):
     """``precise_bn="augmented"`` sets each BN's statistics to precise BN over the training
@@ -348,9 +353,9 @@ def test_precise_bn_over_augmented_or_plain_batches(mode, tmp_path):
         batches = data_lib.load("digits", batch_size=128, seed=3, augment=augmented,
                                 epochs=1)[0]
         assert training.precise_batchnorm(net, batches, max_batches=100) > 0
-        return [w.numpy() for w in net.weights if "moving" in w.path]
+        return _moving_statistics(net)
 
-    ours = [w.numpy() for w in saved.weights if "moving" in w.path]
+    ours = _moving_statistics(saved)
     for augmented in (True, False):
         theirs = statistics(augmented)
         same = all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(ours, theirs))
@@ -365,7 +370,7 @@ def test_a_finished_run_is_finished_again_with_another_precise_bn(tmp_path, caps
     out = tmp_path / "run"
 
     def moving(path):
-        return [w.numpy() for w in keras.saving.load_model(path).weights if "moving" in w.path]
+        return _moving_statistics(keras.saving.load_model(path))
 
     first = train(**TINY, epochs=1, batch_size=128, output=str(out))
     first_stats = moving(out / "model.keras")
